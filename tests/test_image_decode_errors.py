@@ -5,6 +5,7 @@ with mutated PNG, JPEG, TIFF and NPY files."""
 from __future__ import annotations
 
 import io
+import logging
 import struct
 import tracemalloc
 from collections.abc import Callable
@@ -17,7 +18,12 @@ from PIL import Image
 
 from pomlia_hpc.data.sources import folder
 from pomlia_hpc.data.sources.base import IngestLimits, check_side
-from pomlia_hpc.data.sources.folder import decodes, read_header, read_image
+from pomlia_hpc.data.sources.folder import (
+    UnreadableImageError,
+    decodes,
+    read_header,
+    read_image,
+)
 from pomlia_hpc.data.sources.pixels import is_unreadable_file_error
 from pomlia_hpc.data.sources.segments import SEGMENT_FLOOR_BYTES
 from pomlia_hpc.errors import InputError
@@ -32,6 +38,13 @@ DAMAGED = {
     "ImageLength of two numbers": (bad_tiffs.tuple_image_length(SIDE), 1, 400, "corrupt"),
     "StripByteCounts typed ASCII": (bad_tiffs.text_byte_counts(SIDE), 1, 400, "expected numbers"),
     "RGB 5-6-5": (bad_tiffs.rgb_565(SIDE), 3, 400, "samples differ in depth (5, 6, 5 bits)"),
+    # was refused as "a TIFF of 1-bit samples of sample format 1", not skipped as unreadable
+    "every tag past the file's end": (
+        bad_tiffs.tags_out_of_the_file(SIDE),
+        1,
+        400,
+        "without its size tags (damaged file)",
+    ),
 }
 
 
@@ -48,6 +61,23 @@ def test_damaged_tiffs_are_one_clear_refusal_in_the_server_and_at_ingest(
     path.write_bytes(data)
     with pytest.raises(InputError, match=r"image file '.*bad\.tif' "):
         read_image(path, channels, read_header(path).depth)
+
+
+def test_a_file_of_damaged_tags_is_skipped_as_unreadable_without_tifffiles_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`data add --skip-unreadable` refused it for its (default) 1-bit samples, and printed
+    tifffile's 14 log records of the damaged tags above the message."""
+    path = tmp_path / "bad.tif"
+    path.write_bytes(bad_tiffs.tags_out_of_the_file(SIDE))
+    with caplog.at_level("DEBUG"):
+        why = decodes(path)  # what --skip-unreadable asks: a reason, so the file is skipped
+        with pytest.raises(UnreadableImageError):
+            read_header(path)
+    assert why == "TiffFileError: TIFF page without its size tags (damaged file)", why
+    assert [r for r in caplog.records if r.name.startswith("tifffile")] == []
+    logging.getLogger("tifffile").error("outside pomlia's decoding")  # another thread's, say
+    assert [r.getMessage() for r in caplog.records] == ["outside pomlia's decoding"]
 
 
 def test_a_bug_in_the_decoder_is_not_called_an_unreadable_file(

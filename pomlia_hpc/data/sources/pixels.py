@@ -53,6 +53,7 @@ from PIL import Image, ImageFile
 
 from pomlia_hpc.data.sources.segments import READ_HERE
 from pomlia_hpc.data.sources.tiffpage import layout_problem, page_array
+from pomlia_hpc.data.sources.tiffquiet import tifffile_muted
 from pomlia_hpc.errors import InputError
 
 #: PIL modes kept as they are (their pixels are already grey or RGB values).
@@ -279,6 +280,8 @@ def _check_scalar_tags(page: Any) -> None:
     """Refuse a page whose size or layout tag holds several values (a damaged count) or a
     non-number (a damaged type): tifffile keeps such a value as it is, a tuple or a string,
     and every comparison with it fails (a TypeError, which would read as a bug)."""
+    if not {256, 257} <= set(page.tags.keys()):  # ImageWidth, ImageLength: never optional
+        raise tifffile.TiffFileError("TIFF page without its size tags (damaged file)")
     for name in _SCALAR_TAGS:
         value = getattr(page, name)
         if not isinstance(value, int | np.integer):
@@ -478,13 +481,15 @@ class TiffImage:
 
     def __init__(self, source: Path | bytes) -> None:
         self._source = source
-        self._tf = tifffile.TiffFile(io.BytesIO(source) if isinstance(source, bytes) else source)
+        opened = io.BytesIO(source) if isinstance(source, bytes) else source
         self._pil: Image.Image | None = None
-        try:
-            self._pages = _image_pages(self._tf)
-        except BaseException:
-            self._tf.close()  # a path's file handle is not left open
-            raise
+        with tifffile_muted():
+            self._tf = tifffile.TiffFile(opened)
+            try:
+                self._pages = _image_pages(self._tf)
+            except BaseException:
+                self._tf.close()  # a path's file handle is not left open
+                raise
 
     def __enter__(self) -> TiffImage:
         return self
@@ -504,14 +509,18 @@ class TiffImage:
     def header(self, index: int) -> FrameHeader:
         """Page ``index``'s header, from its tags alone; a multi-channel image whose channels
         are pages is refused (:func:`_channels_as_pages`)."""
-        head = _tiff_plan(self._pages[index])[0]
+        with tifffile_muted():
+            head = _tiff_plan(self._pages[index])[0]
         if (problem := _channels_as_pages(self._pages[0], self.pages)) is not None:
             raise PixelFormatError(problem)
         return head
 
     def pixels(self, index: int, channels: int) -> np.ndarray:
         """Page ``index`` as (H, W, C) (C is ``channels`` for a grey page, 3 for colour)."""
-        page: Any = self._pages[index]
+        with tifffile_muted():
+            return self._pixels(self._pages[index], channels)
+
+    def _pixels(self, page: Any, channels: int) -> np.ndarray:
         if _tiff_plan(page)[1] == "raw":
             # tifffile's own decoders have no output limit, and its reads of a file take the
             # byte counts as the file states them: the page is assembled from bounded reads
