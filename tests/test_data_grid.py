@@ -41,9 +41,10 @@ def _show_fails(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     grid: Path,
+    *more: str,
 ) -> str:
     argv = ["pomlia", "--home", str(workspace.home), "data", "show", "d", "--grid", str(grid)]
-    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(sys, "argv", [*argv, *more])
     with pytest.raises(SystemExit) as ex:
         main()
     out = capsys.readouterr()
@@ -85,6 +86,33 @@ def test_a_bad_grid_path_is_refused_before_anything_is_printed(
     cli_ok("data", "show", "d", "--grid", str(tmp_path / "g.PNG"))
     with Image.open(tmp_path / "g.PNG") as im:
         assert im.format == "PNG"
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        (("--per-class", "0"), "per-class"),
+        (("--max-rows", "0"), "max-rows"),
+        (("--split", "bogus"), "bogus"),
+        (("--classes", "5"), "5"),
+    ],
+)
+def test_bad_grid_options_are_refused_before_the_record_is_printed(
+    workspace: Workspace,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    options: tuple[str, ...],
+    said: str,
+) -> None:
+    """Without --json the whole record went to stdout before the error (with --json the
+    grid was checked first already)."""
+    cli_ok("data", "add", "d", str(_npz(tmp_path / "d.npz")))
+    capsys.readouterr()
+    for json_flag in ((), ("--json",)):
+        err = _show_fails(workspace, monkeypatch, capsys, tmp_path / "g.png", *options, *json_flag)
+        assert err.startswith("error: ") and said in err, err
+    assert not (tmp_path / "g.png").exists()
 
 
 def test_non_ascii_class_names_are_drawn_not_boxed(workspace: Workspace, tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -21,6 +21,10 @@ from pomlia_hpc.cli.tables import ListTable, shown, stack, when
 from pomlia_hpc.data.medmnist_info import FLAGS_2D
 from pomlia_hpc.progress import Reporter, progress
 from pomlia_hpc.vocab import task_type_choices
+
+if TYPE_CHECKING:  # imported inside the commands (below)
+    from pomlia_hpc.data.grid import GridPlan
+    from pomlia_hpc.data.store import DatasetStore
 
 # The library (zarr, dask, h5py) is imported inside the commands, so `pomlia --help` and other
 # command groups do not pay for it.
@@ -403,35 +407,43 @@ def show_cmd(
         check_grid_path(grid)  # before printing anything: a bad path is one clear error
     rec = show(STATE.registry(), ref)
     meta = {k: v for k, v in rec.meta.items() if k != "chunk_hashes"}
+    # The grid's options checked before anything is printed: a bad --classes, --split or
+    # --per-class is then an error with nothing on stdout, with or without --json.
+    planned = (
+        _plan_grid(rec.store_path, per_class, split, classes, max_rows)
+        if grid is not None
+        else None
+    )
     if as_json:
-        # the grid first: a bad --classes is then an error with nothing on stdout
-        if grid is not None:
-            _draw_grid(rec.store_path, grid, per_class, split, classes, max_rows, err_console)
+        if grid is not None and planned is not None:
+            _draw_grid(*planned, grid, err_console)
         fields = {"ref": rec.ref, "parent": rec.parent, "store_path": rec.store_path}
         print_json(fields | {"meta": meta, "fingerprint": rec.fingerprint})
         return
     _render(rec.ref, rec.parent, meta, rec.fingerprint)
-    if grid is not None:
-        _draw_grid(rec.store_path, grid, per_class, split, classes, max_rows, console)
+    if grid is not None and planned is not None:
+        _draw_grid(*planned, grid, console)
 
 
-def _draw_grid(
-    store_path: Path,
-    grid: Path,
-    per_class: int,
-    split: str | None,
-    classes: str | None,
-    max_rows: int,
-    out: Console,
-) -> None:
-    """Draw ``data show --grid`` of the store at ``store_path`` and say where on ``out`` (stderr
-    beside --json); the classes left out are named on stderr."""
-    from pomlia_hpc.data.grid import draw_grid, plan_grid
+def _plan_grid(
+    store_path: Path, per_class: int, split: str | None, classes: str | None, max_rows: int
+) -> tuple[DatasetStore, GridPlan]:
+    """The store at ``store_path`` and the plan of ``data show --grid`` (its options checked)."""
+    from pomlia_hpc.data.grid import plan_grid
     from pomlia_hpc.data.store import open_store
 
     store = open_store(store_path)
     chosen = [c.strip() for c in classes.split(",")] if classes else None
-    plan = plan_grid(store, per_class=per_class, split=split, classes=chosen, max_rows=max_rows)
+    return store, plan_grid(
+        store, per_class=per_class, split=split, classes=chosen, max_rows=max_rows
+    )
+
+
+def _draw_grid(store: DatasetStore, plan: GridPlan, grid: Path, out: Console) -> None:
+    """Draw ``data show --grid`` as ``plan`` says and say where on ``out`` (stderr beside
+    --json); the classes left out are named on stderr."""
+    from pomlia_hpc.data.grid import draw_grid
+
     path = draw_grid(store, plan, grid)
     out.print(
         f"sample grid: {path} ({plan.title}, {len(plan.rows)} classes)",
