@@ -63,6 +63,24 @@ def test_damaged_tiffs_are_one_clear_refusal_in_the_server_and_at_ingest(
         read_image(path, channels, read_header(path).depth)
 
 
+def test_a_bigtiff_is_refused_alike_by_the_server_and_at_ingest(tmp_path: Path) -> None:
+    """Ingest took BigTIFF files that the server refused (415): a model could not be served
+    its own training files. Both refuse them now, saying how to save a classic TIFF."""
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.zeros((SIDE, SIDE), np.uint8), bigtiff=True)
+    with pytest.raises(RequestError) as err:
+        decode(buf.getvalue(), "image/tiff", InputSpec(SIDE, 1), Limits())
+    assert err.value.status == 415 and "BigTIFF is not supported" in err.value.message
+    assert "tifffile.imwrite(..., bigtiff=False)" in err.value.message, err.value.message
+    path = tmp_path / "big.tif"
+    path.write_bytes(buf.getvalue())
+    with pytest.raises(InputError) as refused:
+        read_header(path)
+    assert str(refused.value).startswith(f"image file '{path}' is a BigTIFF (64-bit offsets)")
+    assert "tifffile.imwrite(..., bigtiff=False)" in str(refused.value)
+    assert decodes(path) is None  # not "unreadable": the scan refuses it, naming the file
+
+
 def test_a_file_of_damaged_tags_is_skipped_as_unreadable_without_tifffiles_log(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

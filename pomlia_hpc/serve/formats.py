@@ -31,6 +31,7 @@ UNSUPPORTED_MAGIC: tuple[tuple[int, bytes, str], ...] = (
 CONVERT_HINT = {
     "ZIP (an NPZ file?)": "send each array as NPY (np.save), not an NPZ archive",
     "DICOM": "convert it to a 16-bit PNG or TIFF first (pydicom: ds.pixel_array)",
+    "BigTIFF": "save it as a classic TIFF, tifffile.imwrite(..., bigtiff=False), or as PNG",
 }
 
 #: A valid NPY header, as an example in refusals.

@@ -486,6 +486,11 @@ class TiffImage:
         with tifffile_muted():
             self._tf = tifffile.TiffFile(opened)
             try:
+                if self._tf.is_bigtiff:  # the server refuses it by its first bytes: so here
+                    raise PixelFormatError(
+                        "is a BigTIFF (64-bit offsets), which the server refuses too: expected "
+                        "a classic TIFF, PNG or JPEG (tifffile.imwrite(..., bigtiff=False))"
+                    )
                 self._pages = _image_pages(self._tf)
             except BaseException:
                 self._tf.close()  # a path's file handle is not left open
