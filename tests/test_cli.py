@@ -228,24 +228,24 @@ def test_a_value_that_is_not_a_number_is_one_line_naming_it(workspace: Workspace
     cases = (
         (
             ["jobs", "cancel", "abc"],
-            "error: job 'abc': expected a registry job id (a whole number; see pomlia jobs list)",
+            "error: job 'abc': expected a registry job id (a whole number; see `pomlia jobs list`)",
         ),
         (["jobs", "show", "1.5"], "error: job '1.5': expected a registry job id (a whole number;"),
         (
             ["monitor", "show", "pneumo"],
-            "error: report 'pneumo': expected a registry report id (a whole number; see pomlia "
-            "monitor history MODEL)",
+            "error: report 'pneumo': expected a registry report id (a whole number; see `pomlia "
+            "monitor history MODEL`)",
         ),
         (
             ["jobs", "cancel", "-1"],
-            "error: job '-1': expected a registry job id (a whole number >= 1; see pomlia jobs "
-            "list)",
+            "error: job '-1': expected a registry job id (a whole number >= 1; see `pomlia jobs "
+            "list`)",
         ),
         (["monitor", "show", "-2"], "error: report '-2': expected a registry report id"),
         (
             ["model", "register", "m", "x.pt", "--task-id", "q"],
-            "error: --task-id 'q': expected a registry task id (a whole number; see pomlia task "
-            "list)",
+            "error: --task-id 'q': expected a registry task id (a whole number; see `pomlia task "
+            "list`)",
         ),
         (["model", "list", "--limit", "x"], "error: --limit 'x': expected a whole number"),
         (["model", "export", "m", "--rtol", "x"], "error: --rtol 'x': expected a number"),
@@ -262,6 +262,12 @@ def test_a_value_that_is_not_a_number_is_one_line_naming_it(workspace: Workspace
         out = " ".join(res.output.split())
         assert res.exit_code == 2 and out.startswith(expected), (args, out)
         assert "Input should be" not in out and "╭" not in out and "Usage:" not in out
+    # An id below 1 is not found (exit 4); the hint's command was quoted inside quotes:
+    # "(see `what `pomlia deploy MODEL` printed`)"
+    res = CliRunner().invoke(app, ["serve", "m", "--deployment-id", "-1"])
+    assert str(res.exception) == (
+        "deployment -1 is not in the registry (see the id `pomlia deploy MODEL` printed)"
+    )
     # Other usage errors keep typer's message with the usage line.
     res = CliRunner().invoke(app, ["jobs", "list", "--bogus"])
     assert res.exit_code == 2 and "No such option: --bogus" in res.output

@@ -19,12 +19,12 @@ from pomlia_hpc.registry.lookup import MAX_ID
 #: Integer parameters that are registry ids: the noun and where the ids are listed, for the
 #: message when one is not a whole number.
 ID_PARAMS = {
-    "job_id": ("job", "pomlia jobs list"),
-    "report": ("report", "pomlia monitor history MODEL"),
-    "task_id": ("task", "pomlia task list"),
-    "run_id": ("run", "pomlia runs list"),
-    "deployment_id": ("deployment", "what `pomlia deploy MODEL` printed"),
-    "request_id": ("retrain request", "pomlia loop show SLOT"),
+    "job_id": ("job", "`pomlia jobs list`"),
+    "report": ("report", "`pomlia monitor history MODEL`"),
+    "task_id": ("task", "`pomlia task list`"),
+    "run_id": ("run", "`pomlia runs list`"),
+    "deployment_id": ("deployment", "the id `pomlia deploy MODEL` printed"),
+    "request_id": ("retrain request", "`pomlia loop show SLOT`"),
 }
 
 
@@ -34,7 +34,7 @@ def registry_id(param: typer.CallbackParam, value: int | None) -> int | None:
     as a parameter: a traceback, exit 70) is not found, as any other unknown id."""
     if value is not None and not 1 <= value <= MAX_ID:
         noun, where = ID_PARAMS[str(param.name)]
-        raise NotFoundError(f"{noun} {value} is not in the registry (see `{where}`)")
+        raise NotFoundError(f"{noun} {value} is not in the registry (see {where})")
     return value
 
 
