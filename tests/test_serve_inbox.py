@@ -52,6 +52,33 @@ def test_torn_or_damaged_tail_is_skipped(tmp_path: Path) -> None:
     assert len(list(read_inputs(tmp_path))) == 2
 
 
+def test_a_damaged_record_before_the_end_loses_only_itself_and_is_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Reading stopped at the first record that failed its check, so a flipped byte in the
+    middle of a chunk lost every later input of the file without a word."""
+    inbox = Inbox(tmp_path)
+    records = [encode_image(f"{i:032x}", "t", _u8(i).astype(np.float32) / 255) for i in range(4)]
+    for record in records:
+        inbox.write(record)
+    inbox.close()
+    path, whole = inbox.path, inbox.path.read_bytes()
+    second = len(records[0])
+    for where, what in ((second + len(records[1]) - 20, "payload"), (second + 1, "magic")):
+        damaged = bytearray(whole)
+        damaged[where] ^= 0xFF
+        path.write_bytes(bytes(damaged))
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="pomlia.serve"):
+            ids = [k.id for k in read_inputs(tmp_path)]
+        assert ids == [f"{i:032x}" for i in (0, 2, 3)], what
+        said = [r.getMessage() for r in caplog.records]
+        assert said == [
+            f"kept inputs {path}: a damaged record at byte {second} ({len(records[1])} bytes) "
+            "was skipped; the records after it are read"
+        ], (what, said)
+
+
 def test_quota_removes_oldest_chunks_and_retention_removes_expired(tmp_path: Path) -> None:
     record = encode_image("c" * 32, "t", _u8(0, (32, 32, 3)).astype(np.float32) / 255)
     inbox = Inbox(tmp_path, quota_bytes=len(record) * 8, chunk_bytes=len(record) * 2)

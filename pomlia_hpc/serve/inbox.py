@@ -93,30 +93,58 @@ class KeptInput:
         return np.clip(np.rint(self.image * 255.0), 0, 255).astype(np.uint8)
 
 
+def _record_at(data: bytes, pos: int, path: Path) -> tuple[KeptInput | None, int] | None:
+    """The record that starts at byte ``pos`` of chunk file ``path``'s ``data`` (None for one
+    whose CRC check fails) and where the next one starts; None where no whole record starts
+    there (a torn tail, or framing that is damaged)."""
+    end = len(data)
+    if data[pos : pos + 4] != MAGIC or pos + 8 > end:
+        return None
+    (hlen,) = _U32.unpack_from(data, pos + 4)
+    hstart = pos + 8
+    if hstart + hlen + 8 > end:
+        return None
+    header = data[hstart : hstart + hlen]
+    (plen,) = _U64.unpack_from(data, hstart + hlen)
+    pstart = hstart + hlen + 8
+    if pstart + plen + 4 > end:
+        return None
+    payload = data[pstart : pstart + plen]
+    (crc,) = _U32.unpack_from(data, pstart + plen)
+    after = pstart + plen + 4
+    if zlib.crc32(payload, zlib.crc32(header)) != crc:
+        return None, after
+    meta = json.loads(header)
+    image = np.frombuffer(payload, dtype=np.dtype(meta["dtype"])).reshape(meta["shape"])
+    return KeptInput(str(meta["id"]), str(meta["time"]), image, path), after
+
+
 def _read_file(path: Path) -> Iterator[KeptInput]:
+    """The records of one chunk file. A short or inconsistent last record is the torn tail of
+    a crashed writer (its prediction was never answered: the input is flushed before the
+    answer), skipped without a word. A damaged record before the end (a flipped byte on disk)
+    is skipped with a warning naming the file and byte, and reading goes on at the next record
+    (found by its magic where the damage hit the framing): the records after it are kept."""
     data = path.read_bytes()
-    pos, end = 0, len(data)
-    while pos < end:
-        # Any short or inconsistent record is the torn tail of a crashed writer: stop there.
-        if data[pos : pos + 4] != MAGIC or pos + 8 > end:
-            return
-        (hlen,) = _U32.unpack_from(data, pos + 4)
-        hstart = pos + 8
-        if hstart + hlen + 8 > end:
-            return
-        header = data[hstart : hstart + hlen]
-        (plen,) = _U64.unpack_from(data, hstart + hlen)
-        pstart = hstart + hlen + 8
-        if pstart + plen + 4 > end:
-            return
-        payload = data[pstart : pstart + plen]
-        (crc,) = _U32.unpack_from(data, pstart + plen)
-        if zlib.crc32(payload, zlib.crc32(header)) != crc:
-            return
-        meta = json.loads(header)
-        image = np.frombuffer(payload, dtype=np.dtype(meta["dtype"])).reshape(meta["shape"])
-        yield KeptInput(str(meta["id"]), str(meta["time"]), image, path)
-        pos = pstart + plen + 4
+    pos = 0
+    while pos < len(data):
+        found = _record_at(data, pos, path)
+        if found is not None and found[0] is not None:
+            yield found[0]
+            pos = found[1]
+            continue
+        # The next record, after this one's end where its framing held, else by its magic.
+        nxt = found[1] if found is not None else data.find(MAGIC, pos + 1)
+        if nxt < 0 or nxt >= len(data):
+            return  # nothing whole after it: a torn tail
+        log.warning(
+            "kept inputs %s: a damaged record at byte %d (%d bytes) was skipped; the records "
+            "after it are read",
+            path,
+            pos,
+            nxt - pos,
+        )
+        pos = nxt
 
 
 def read_inputs(directory: Path, ids: Iterable[str] | None = None) -> Iterator[KeptInput]:
