@@ -561,3 +561,30 @@ def test_dry_run_refuses_a_knowledge_base_source_that_is_not_there(
         assert said.startswith(f"error: {path}: bad value for '{refused}': knowledge-base"), said
         assert said.endswith(f"is not imported; {known}"), said
         assert "stage" not in out  # refused before the plan
+
+
+def test_dry_run_refuses_an_unknown_medmnist_flag(
+    workspace: Workspace,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`medmnist: nosuchflag` passed the dry run and failed in the data stage; the flags are
+    known without a download."""
+    from tests.fixtures.cli import pomlia_main
+
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        yaml.safe_dump({"name": "p", "datasets": [{"name": "a", "medmnist": "nosuch"}]})
+    )
+    code, out, err = pomlia_main(monkeypatch, capsys, "pipeline", "run", str(path), "--dry-run")
+    said = " ".join(err.split())
+    assert code == 2 and "Traceback" not in err, (code, err)
+    assert said.startswith(
+        f"error: {path}: datasets.0 (data set 'a'): 'nosuch' is not a MedMNIST 2D dataset: "
+        "expected one of pathmnist, chestmnist, "
+    ), said
+    assert "stage" not in out
+    path.write_text(yaml.safe_dump(MINIMAL))  # a known flag: planned, nothing downloaded
+    code, out, err = pomlia_main(monkeypatch, capsys, "pipeline", "run", str(path), "--dry-run")
+    assert code == 0, err

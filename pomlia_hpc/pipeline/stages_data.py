@@ -95,10 +95,16 @@ def _external(spec: PipelineSpec) -> dict[str, Any]:
 
 def _check_data(spec: PipelineSpec) -> None:
     """Open each file or folder source as ingest would (it exists, its options hold), so a
-    missing file or a bad option is refused before anything runs. MedMNIST sources are left
-    to the stage: opening one may download it."""
-    for i in range(len(spec.datasets)):
-        source_split_sizes(spec, i)
+    missing file or a bad option is refused before anything runs. Of a MedMNIST source only
+    the flag is checked (against the table shipped with pomlia): opening one may download it."""
+    from pomlia_hpc.data.medmnist_info import flag_info
+
+    for i, ds in enumerate(spec.datasets):
+        if ds.medmnist:
+            with in_entry(spec, i):
+                flag_info(ds.medmnist)
+        else:
+            source_split_sizes(spec, i)
 
 
 #: How many opened sources' split sizes a process keeps (least recently used dropped first):
