@@ -214,8 +214,13 @@ def problem(model: type[BaseModel], exc: ValidationError) -> str:
     """What is wrong, in one phrase that names the key (``unknown key 'x'; valid keys: ...``,
     ``key 'x' is missing``, ``bad value for 'x': ...``), from ``model``'s validation error."""
     errors = exc.errors()
-    # A misspelt key shows as "unknown key" and "missing key": the first says more.
-    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    # A misspelt key shows as "unknown key" and "missing key": the first says more. A missing
+    # key before another key's bad value: the caller may word bad values better than pydantic
+    # (the pipeline file's `name` pattern) and hands only missing or unknown keys here.
+    err = next(
+        (e for kind in ("extra_forbidden", "missing") for e in errors if e["type"] == kind),
+        errors[0],
+    )
     loc = ".".join(str(p) for p in err["loc"] if not _union_tag(p))
     if err["type"] == "missing":
         return f"key '{loc}' is missing"

@@ -233,6 +233,11 @@ def test_schema_errors_are_in_words_not_pydantic_or_regexes(
         assert pydantic not in text, text
 
 
+def test_a_missing_key_beside_a_bad_name_is_said_in_words() -> None:
+    """A file with a bad `name` and no `datasets` got pydantic's regex for the name."""
+    assert _refused({"name": "bad name!"}).endswith("key 'datasets' is missing")
+
+
 # -- the encoder's batch, the plan's counts --------------------------------------------------
 
 
