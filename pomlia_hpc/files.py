@@ -82,7 +82,7 @@ def atomic_target(path: str | Path, *, fsync: bool = True, suffix: str = "") -> 
     A ``path`` that is a device, pipe or socket (or a link to one) is refused: the rename would
     replace it with a regular file (as root, ``/dev/full`` or ``/dev/null``)."""
     path = Path(path)
-    if path.exists() and not path.is_file() and not path.is_dir():
+    if _special_file(path):
         raise InputError(
             f"{path} is not a regular file (a device, pipe or socket): expected the path of a "
             "file to write; it was left as it is"
@@ -104,6 +104,15 @@ def atomic_target(path: str | Path, *, fsync: bool = True, suffix: str = "") -> 
     if fsync:
         fsync_path(path.parent)
         fsync_made_dirs(made)
+
+
+def _special_file(path: Path) -> bool:
+    """Whether ``path`` (or what its link points to) is a device, pipe or socket: one stat."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:  # not there (or not reachable): the write says what is wrong
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def fsync_made_dirs(made: list[Path]) -> None:
