@@ -152,6 +152,12 @@ def test_patch_index(workspace: Workspace, reg: Registry) -> None:
     idx = load_index(reg, workspace, "enc", kind="patches")
     hit = idx.decode((idx.manifest.sets[next(iter(idx.manifest.sets))].fs_id << 32) + 4 * 11 + 3)
     assert (hit.row, hit.tile, hit.split) == (11, 3, "val")
+    # A data set extracted without --patch-grid refused the whole patch index: now left out.
+    plain = make_dataset(workspace, reg, "organ", "organamnist", (10, 2, 4))
+    _extract(reg, workspace, [plain])
+    res = build_index(reg, workspace, "enc", kind="patches", rebuild=True)
+    assert res.ntotal == 16 * 4
+    assert [(x.ref, x.why) for x in res.left_out] == [(plain, "extracted without --patch-grid")]
 
 
 def test_index_errors(workspace: Workspace, reg: Registry, two_sets: list[str]) -> None:
@@ -161,10 +167,57 @@ def test_index_errors(workspace: Workspace, reg: Registry, two_sets: list[str]) 
         build_index(reg, workspace, "enc", factory="IVF1024,Flat")
     with pytest.raises(NotFoundError, match="has no images index"):
         load_index(reg, workspace, "enc")
-    with pytest.raises(InputError, match="have no patches"):
+    # none extracted with --patch-grid: nothing to index, each named with its command
+    with pytest.raises(NotFoundError, match=r"\(extracted without --patch-grid; run pomlia "):
         build_index(reg, workspace, "enc", kind="patches")
     make_encoder(workspace, reg, "empty")
     with pytest.raises(NotFoundError, match="encoder 'empty' has no complete embeddings"):
         build_index(reg, workspace, "empty")
     assert default_factory(1_000_000) == "Flat"
     assert default_factory(4_000_000) == "IVF8192,Flat"
+
+
+@pytest.mark.parametrize("factory", ["PQ2x4", "LSH", "HNSW8"])
+def test_a_factory_whose_index_cannot_leave_ids_out_is_refused_before_publishing(
+    workspace: Workspace, reg: Registry, two_sets: list[str], factory: str
+) -> None:
+    """`index build --factory PQ2x4` (or LSH) was published, and every `similar --images` on
+    it then failed inside faiss (no search parameters, so no exclusion): exit 70. An HNSW
+    graph found none of the other data set's images for a query among its own, all left out."""
+    with pytest.raises(InputError) as err:
+        build_index(reg, workspace, "enc", factory=factory)
+    said = str(err.value)
+    assert said.startswith(f"index factory '{factory}' builds a "), said
+    assert "expected an exact, IVF or scalar-quantised index such as 'Flat'" in said, said
+    with pytest.raises(NotFoundError, match="has no images index"):
+        load_index(reg, workspace, "enc")  # nothing published
+    query = read_embeddings(emb_path(workspace, reg, two_sets[0]))[:1]
+    for fine in ("SQ8", "IVF2,PQ2x4", "IVF2_HNSW8,Flat"):  # each searched with the exclusion
+        build_index(reg, workspace, "enc", factory=fine, rebuild=True)
+        idx = load_index(reg, workspace, "enc")
+        _dist, ids = idx.search(query, 3, exclude_sets=(1,), nprobe=2)
+        assert (ids >> 32 == 2).all(), (fine, ids)
+
+
+def test_an_index_that_cannot_be_trained_on_so_few_vectors_is_one_line(
+    workspace: Workspace, reg: Registry, two_sets: list[str]
+) -> None:
+    """PQ's 256 centroids per sub-vector from 82 vectors: faiss's error, exit 70."""
+    with pytest.raises(InputError, match=r"^the index cannot be trained on 82 vectors \("):
+        build_index(reg, workspace, "enc", factory="PQ2")
+
+
+def test_nprobe_below_one_is_refused_and_a_new_one_is_recorded_on_an_index_up_to_date(
+    workspace: Workspace, reg: Registry, two_sets: list[str]
+) -> None:
+    """`--nprobe -5` was stored and broke every later search (exit 70); `--nprobe 64` on an
+    index that was up to date was dropped without a word."""
+    with pytest.raises(InputError, match=r"^nprobe -5: expected a whole number >= 1$"):
+        build_index(reg, workspace, "enc", factory="IVF2,Flat", nprobe=-5)
+    first = build_index(reg, workspace, "enc", factory="IVF2,Flat")
+    again = build_index(reg, workspace, "enc", nprobe=2)
+    assert again.nprobe_set and not again.rebuilt and again.added_sets == []
+    assert again.generation == first.generation + 1
+    assert load_index(reg, workspace, "enc").manifest.nprobe == 2
+    same = build_index(reg, workspace, "enc", nprobe=2)
+    assert not same.nprobe_set and same.generation == again.generation  # nothing written

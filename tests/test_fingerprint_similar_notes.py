@@ -8,6 +8,7 @@ import pytest
 import zarr
 
 from pomlia_hpc.cli import app
+from pomlia_hpc.errors import InputError
 from pomlia_hpc.fingerprint.candidates import fingerprint_set
 from pomlia_hpc.fingerprint.extract import finish_extraction, plan_extraction
 from pomlia_hpc.fingerprint.index import build_index
@@ -184,3 +185,32 @@ def test_all_versions_names_a_current_version_never_extracted_once(
     ]
     text = " ".join(cli_ok("similar", "blood_a", "-e", "enc", "--all-versions").split())
     assert f"left out: organ (current version not extracted; {refs[2]}, {v2} compared" in text
+
+
+def test_patches_compare_the_data_sets_that_have_them_and_name_the_others(
+    workspace: Workspace,
+) -> None:
+    """One data set extracted without --patch-grid made `similar --patches` refuse every
+    comparison, naming no data set."""
+    reg = Registry.open(workspace.db_url)
+    refs = [
+        make_dataset(workspace, reg, name, "bloodmnist", (12, 2, 4), seed=i)
+        for i, name in enumerate(("pa", "pb", "plain"))
+    ]
+    make_encoder(workspace, reg, "enc", latent_dim=4)
+    plan = plan_extraction(reg, workspace, "enc", refs[:2], shards=1, threads=1, patch_grid=2)
+    for spec in plan.specs:
+        run_shard(spec)
+    finish_extraction(reg, plan)
+    _extract(workspace, reg, refs[2:])
+    notes: list[str] = []
+    found = similar_datasets(reg, "enc", "pa", patches=True, notes_out=notes)
+    assert [r.ref for r in found] == [refs[1]]
+    assert notes[0] == (
+        f"not compared by patches (extracted without --patch-grid): {refs[2]}; `pomlia "
+        "fingerprint extract DATASET -e enc --force --patch-grid 2` for each"
+    )
+    with pytest.raises(InputError) as err:
+        similar_datasets(reg, "enc", "plain", patches=True)
+    assert str(err.value).startswith(f"'{refs[2]}' has no patch embeddings: expected an "), err
+    assert "`pomlia fingerprint extract plain -e enc --force --patch-grid 2`" in str(err.value)

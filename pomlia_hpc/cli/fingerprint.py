@@ -327,7 +327,9 @@ def build(
     nprobe: Annotated[
         int | None,
         typer.Option(
-            help="Lists an IVF search visits (unused by exact indexes).",
+            min=1,
+            help="Lists an IVF search visits (unused by exact indexes); given for an index "
+            "that is up to date, it is recorded alone.",
             show_default="the index's, 16 when it was built without",
         ),
     ] = None,
@@ -357,7 +359,8 @@ def build(
             progress=bar,
         )
     built = "built" if res.first else "rebuilt"
-    what = built if res.rebuilt else ("extended" if res.added_sets else "up to date")
+    kept = f"nprobe set to {nprobe}" if res.nprobe_set else "up to date"
+    what = built if res.rebuilt else ("extended" if res.added_sets else kept)
     console.print(
         f"index {what}: {res.factory}, {res.ntotal} vectors, generation {res.generation} "
         f"({res.path})"

@@ -79,6 +79,12 @@ Metric = Literal["l2", "ip"]
 SPLITS = ("train", "val", "test")
 
 
+#: Index types a search with ids left out suits, in words (for refusals).
+SEARCHABLE = (
+    "an exact, IVF or scalar-quantised index such as 'Flat', 'IVF1024,Flat', 'IVF256,PQ16', 'SQ8'"
+)
+
+
 def default_factory(n_vectors: int) -> str:
     """``Flat`` up to :data:`EXACT_LIMIT` vectors, else an IVF with about 4 sqrt(N) lists."""
     if n_vectors <= EXACT_LIMIT:
@@ -96,12 +102,41 @@ def new_index(dim: int, factory: str, metric: Metric) -> faiss.Index:
         why = faiss_reason(exc)
         raise InputError(
             f"index factory string '{factory}' is not valid for {dim}-dimensional vectors"
-            f"{f' ({why})' if why else ''}: expected a faiss index_factory string such as "
-            "'Flat', 'IVF1024,Flat', 'IVF256,PQ16', 'HNSW32'"
+            f"{f' ({why})' if why else ''}: expected a faiss index_factory string of " + SEARCHABLE
         ) from exc
     if faiss.try_extract_index_ivf(index) is None and not isinstance(index, faiss.IndexIDMap):
         index = faiss.IndexIDMap2(index)
     return index
+
+
+def _innermost(index: faiss.Index) -> Any:
+    """The index an IDMap or a pre-transform (PCA, OPQ) wraps, unwrapped to the last one."""
+    inner = faiss.downcast_index(index)
+    while isinstance(inner, faiss.IndexIDMap | faiss.IndexIDMap2 | faiss.IndexPreTransform):
+        inner = faiss.downcast_index(inner.index)
+    return inner
+
+
+def check_leaves_out(index: faiss.Index, dim: int, factory: str) -> None:
+    """Refuse a trained ``index`` that cannot leave ids out of a search, which every query
+    does (a data set's own images are never its neighbours): faiss's PQ, LSH and NSG indexes
+    take no search parameters (``similar --images`` failed on them with a traceback), and a
+    graph (HNSW) filters while it walks, so a query among its own data set's images, all left
+    out, can find no neighbour at all."""
+    if isinstance(_innermost(index), faiss.IndexHNSW | faiss.IndexNSG):
+        raise InputError(
+            f"index factory '{factory}' builds a graph index, whose search with a data set's "
+            f"own images left out can miss every neighbour: expected {SEARCHABLE} (an HNSW "
+            "coarse quantiser of an IVF index, 'IVF65536_HNSW32,Flat', is fine)"
+        )
+    params, _keep = search_params(index, None, [(0, 1)])
+    try:
+        index.search(np.zeros((1, dim), np.float32), 1, params=params)
+    except RuntimeError as exc:
+        raise InputError(
+            f"index factory '{factory}' builds a faiss index that cannot leave a data set's own "
+            f"images out of a search ({faiss_reason(exc)}): expected {SEARCHABLE}"
+        ) from exc
 
 
 def gpu_available() -> bool:
@@ -138,7 +173,13 @@ def train_index(index: faiss.Index, sample: np.ndarray, *, use_gpu: bool | None 
             f"vectors, got {len(sample)}: use fewer lists (e.g. IVF{max(1, len(sample) // 39)}"
             ",Flat) or the exact default"
         )
-    index.train(sample)
+    try:
+        index.train(sample)
+    except RuntimeError as exc:  # e.g. PQ's 256 centroids per sub-vector from 82 vectors
+        raise InputError(
+            f"the index cannot be trained on {len(sample)} vectors ({faiss_reason(exc)}): use "
+            "a smaller one (e.g. 'PQ16x4' for 16 centroids) or the exact default"
+        ) from exc
     return "cpu"
 
 
@@ -226,7 +267,17 @@ class LoadedIndex:
             q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
         excl = [(s << 32, (s + 1) << 32) for s in exclude_sets]
         params, _keep = search_params(self.index, nprobe or self.manifest.nprobe, excl)
-        dist, ids = self.index.search(q, k, params=params)
+        try:
+            dist, ids = self.index.search(q, k, params=params)
+        except RuntimeError as exc:  # an index built before its type was checked
+            m = self.manifest
+            kind: Kind = "patches" if m.kind == "patches" else "images"
+            raise InputError(
+                f"the {m.kind} index of encoder '{m.encoder}' ({m.factory}) cannot be searched "
+                f"({faiss_reason(exc)})",
+                hint=f"rebuild it: `{build_command(m.encoder, kind)} --rebuild --factory Flat"
+                f"{' --metric ip' if self.normalize else ''}`",
+            ) from exc
         dist = 1.0 - dist if self.normalize else np.sqrt(np.maximum(dist, 0.0))
         return dist, ids
 
@@ -265,6 +316,23 @@ def load_index(
 
 
 # ----------------------------------------------------------------------------- building
+
+
+def _with_patches(
+    sets: list[tuple[FingerprintSet, str]], encoder: str
+) -> tuple[list[tuple[FingerprintSet, str]], list[LeftOut]]:
+    """The sets whose embeddings hold patches, and the others as left out (extracted
+    without ``--patch-grid``, so one such data set no longer refuses the whole index)."""
+    kept, without = [], []
+    for fs, ref in sets:
+        if "patches" in zarr.open_group(fs.embeddings_path, mode="r"):
+            kept.append((fs, ref))
+        else:
+            run = f"{extract_command(ref, encoder)} --force --patch-grid 2"
+            without.append(
+                LeftOut(ref, "extracted without --patch-grid", run, fs.dataset_version_id, fs.id)
+            )
+    return kept, without
 
 
 def _entry(fs: FingerprintSet, ref: str, kind: Kind) -> SetEntry:
@@ -335,6 +403,8 @@ class BuildResult:
     unrecorded: list[Unrecorded] = field(default_factory=list)
     #: Why the current generation could not be read, when that made this build a rebuild.
     damaged: str = ""
+    #: A new nprobe was recorded for an index that was otherwise kept as it was.
+    nprobe_set: bool = False
 
 
 def build_index(
@@ -361,9 +431,14 @@ def build_index(
     """
     if metric not in ("l2", "ip"):
         raise InputError(f"metric '{metric}': expected 'l2' or 'ip'")
+    if nprobe is not None and nprobe < 1:  # stored, it failed every later search
+        raise InputError(f"nprobe {nprobe}: expected a whole number >= 1")
     enc = get_encoder(registry, encoder)
     usable = usable_sets(registry, enc)
     sets = usable.sets
+    if kind == "patches":  # the others are named, not a reason to index none
+        sets, without = _with_patches(sets, enc.name)
+        usable.left_out.extend(without)
     if not sets:
         left = f" ({left_out_note(usable.left_out)})" if usable.left_out else ""
         raise NotFoundError(
@@ -380,10 +455,13 @@ def build_index(
         current, damaged = _extendable(
             (registry, workspace, enc, kind), entries, (factory, metric, dim)
         )
+    nprobe_set = False
     if current is not None:
         index, manifest = current.index, current.manifest
         new = [sid for sid in entries if sid not in manifest.sets]
-        if not new:
+        # A new nprobe alone is a new generation too (it was dropped on an up-to-date index).
+        nprobe_set = nprobe is not None and nprobe != manifest.nprobe
+        if not new and not nprobe_set:
             return BuildResult(
                 current.path,
                 manifest.generation,
@@ -407,6 +485,7 @@ def build_index(
             manifest.trained_on = train_index(
                 index, _sample(list(entries.values()), kind, TRAIN_SAMPLE, metric), use_gpu=use_gpu
             )
+        check_leaves_out(index, dim, fac)  # before the vectors are added: nothing published
     todo = sum(entries[s][0].n_images * entries[s][0].tiles for s in new)
     done = 0
     for sid in new:
@@ -430,6 +509,7 @@ def build_index(
         usable.left_out,
         unrecorded(sets, enc),
         damaged,
+        nprobe_set,
     )
 
 

@@ -164,6 +164,8 @@ def similar_datasets(
     need = fields_for(distance)
     query = load_summary(registry, fs, full, need)
     summaries = [load_summary(registry, o, r, need) for o, r in others]
+    if patches and distance != "explicit":
+        others, summaries = _with_patches(full, enc.name, query, others, summaries, notes_out)
     scored = score(query, summaries, distance, patches=patches) if summaries else []
     out = [
         SimilarDataset(r, sc.distance, o.n_vectors, sc.components, r.split("@")[1] == content)
@@ -174,6 +176,42 @@ def similar_datasets(
     if notes_out is not None and few:
         notes_out.append(few)
     return out[:k]
+
+
+def _with_patches(
+    full: str,
+    encoder: str,
+    query: Summary,
+    others: list[tuple[FingerprintSet, str]],
+    summaries: list[Summary],
+    notes_out: list[str] | None,
+) -> tuple[list[tuple[FingerprintSet, str]], list[Summary]]:
+    """The candidates that have patch embeddings, and their summaries; the others are named
+    in a note (one data set extracted without ``--patch-grid`` refused the whole comparison,
+    naming none). The query must have them."""
+
+    def fix(ref: str) -> str:
+        return extract_command(ref, encoder) + " --force --patch-grid 2"
+
+    if query.patches is None:
+        raise InputError(
+            f"'{full}' has no patch embeddings: expected an extraction with --patch-grid > 1 "
+            f"to compare patches (`{fix(full.split('@')[0])}`)"
+        )
+    keep = [i for i, sm in enumerate(summaries) if sm.patches is not None]
+    missing = [others[i][1] for i in range(len(others)) if i not in set(keep)]
+    if not keep:
+        raise NotFoundError(
+            f"nothing to compare '{full}' with by patches: no other dataset has patch "
+            f"embeddings under encoder '{encoder}' ({', '.join(missing)} have none)",
+            hint=f"`{fix('DATASET')}` for each",
+        )
+    if missing and notes_out is not None:
+        notes_out.append(
+            f"not compared by patches (extracted without --patch-grid): {', '.join(missing)}; "
+            f"`{fix('DATASET')}` for each"
+        )
+    return [others[i] for i in keep], [summaries[i] for i in keep]
 
 
 def same_content_note(query: str, found: list[SimilarDataset]) -> str:
