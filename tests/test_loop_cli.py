@@ -298,6 +298,24 @@ def test_loop_show_prints_stage_outputs_as_text_not_python_reprs(
     assert "None" not in out and "{" not in out and "\\n" not in out, out
 
 
+def test_loop_show_prints_an_error_with_brackets_as_it_is(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """An error's text was read as rich markup: `[val]` vanished, and `[/logs]` (a closing
+    tag with nothing open) ended `loop show` in a traceback."""
+    from pomlia_hpc.registry import LoopRun
+
+    errors = (
+        "monitoring reference /x/ref.npz [val] is damaged",
+        "--log-dir /data/[/logs]: no such folder",
+    )
+    with reg.session() as s:
+        for i, error in enumerate(errors):
+            s.add(LoopRun(slot=f"s{i}", status="failed", stages={}, error=error))
+    for i, error in enumerate(errors):
+        assert error in cli_ok("loop", "show", f"s{i}")
+
+
 def test_loop_show_marks_a_running_loop_run_whose_driver_is_gone(
     workspace: Workspace, reg: Registry
 ) -> None:

@@ -112,7 +112,7 @@ def harvest_cmd(
     )
     console.print(f"feedback counts: {out.counts}", highlight=False)
     if out.retention_warning:
-        err_console.print(f"[yellow]warning:[/] {out.retention_warning}", highlight=False)
+        err_console.print(f"[yellow]warning:[/] {escape(out.retention_warning)}", highlight=False)
     if info.get("skipped_in_parent"):
         console.print(
             f"skipped {info['skipped_in_parent']} image(s) already in the parent with the same "
@@ -136,7 +136,9 @@ def harvest_cmd(
     parent = find_version(STATE.registry(), f"{rec.name}@{rec.parent}")
     warning = harvest_warning(rec.fingerprint, parent.fingerprint or {}, f"{rec.name}@{rec.parent}")
     if warning:  # as `data add` and `task add` warn, with a harvest's own advice
-        err_console.print(f"[yellow]warning:[/] dataset {rec.ref}: {warning}", highlight=False)
+        err_console.print(
+            f"[yellow]warning:[/] dataset {rec.ref}: {escape(warning)}", highlight=False
+        )
     if info.get("lineage_ids_unknown"):
         console.print(
             "[yellow]warning:[/] the parent was harvested before prediction ids were recorded: "
@@ -188,15 +190,15 @@ def promote_cmd(
     if gate is not None:
         verdict = "[green]passed[/]" if gate.result.passed else "[red]failed[/]"
         console.print(f"gate {gate.id}: {verdict}{' (forced)' if gate.forced else ''}")
-        console.print(f"  {gate.result.reason}", highlight=False)
+        console.print(f"  {escape(gate.result.reason)}", highlight=False)
         if gate.metric_note is not None:
             err_console.print(
                 f"[yellow]warning:[/] {escape(gate.metric_note)}", soft_wrap=True, highlight=False
             )
         for gap in gate.lineage_unknown:
             err_console.print(
-                f"[yellow]warning:[/] lineage unknown, {gap}: images it trained on may be "
-                "among those scored (not left out)",
+                f"[yellow]warning:[/] lineage unknown, {escape(str(gap))}: images it trained on "
+                "may be among those scored (not left out)",
                 soft_wrap=True,
                 highlight=False,
             )
@@ -341,7 +343,7 @@ def _render_result(res: object) -> None:
 
     assert isinstance(res, LoopResult)
     style = {"done": "green", "stopped": "yellow", "failed": "red"}[res.status]
-    console.print(f"loop run {res.run_id}: [{style}]{res.status}[/] {res.message}")
+    console.print(f"loop run {res.run_id}: [{style}]{res.status}[/] {escape(res.message)}")
     if res.status == "failed":
         raise typer.Exit(1)
 
@@ -390,7 +392,8 @@ def loop_watch(
     for h in handled:
         style = "red" if h.failed else "green"
         console.print(
-            f"request {h.request_id} → slot {h.slot}: [{style}]{h.message}[/]", highlight=False
+            f"request {h.request_id} → slot {h.slot}: [{style}]{escape(h.message)}[/]",
+            highlight=False,
         )
     if not handled:
         console.print("no retrain requests to act on")
@@ -435,7 +438,7 @@ def _stoppable() -> Iterator[None]:
         stopped = f"{len(jobs)} job(s) it started were stopped" if jobs else "no job was running"
         again = "; the same command resumes it" if runs else ""
         err_console.print(
-            f"[yellow]stopped[/] ({cause}): {where}; {stopped}{again}",
+            f"[yellow]stopped[/] ({escape(cause)}): {escape(where)}; {stopped}{again}",
             highlight=False,
             soft_wrap=True,
         )
@@ -493,11 +496,11 @@ def loop_show(slot: SlotArg) -> None:
                 for line in stage_lines(name, out):
                     console.print(line, highlight=False, markup=False)
         if r.error:
-            console.print(f"  [red]{r.error.splitlines()[0]}[/]", highlight=False)
+            console.print(f"  [red]{escape(r.error.splitlines()[0])}[/]", highlight=False)
         gone = gone_driver(STATE.workspace, slot, r.id) if r.status == "running" else None
         if gone:  # killed (SIGKILL, a lost node) before it could record how it ended
             console.print(
-                f"  [yellow]stale: {gone}; `pomlia loop watch --once` resumes it[/]",
+                f"  [yellow]stale: {escape(gone)}; `pomlia loop watch --once` resumes it[/]",
                 highlight=False,
             )
     reqs = requests_of_slot(reg, slot)
