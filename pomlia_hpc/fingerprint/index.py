@@ -57,6 +57,7 @@ from pomlia_hpc.fingerprint.io import group_meta, open_array
 from pomlia_hpc.fingerprint.usable import (
     LeftOut,
     Unrecorded,
+    Usable,
     extract_command,
     left_out_note,
     unrecorded,
@@ -318,6 +319,25 @@ def load_index(
 # ----------------------------------------------------------------------------- building
 
 
+def _sets_to_index(
+    registry: Registry, enc: Encoder, kind: Kind
+) -> tuple[Usable, list[tuple[FingerprintSet, str]]]:
+    """The encoder's usable sets (:func:`usable_sets`, whose ``left_out`` also lists, for a
+    patch index, the sets without patches) and those the index takes; none is an error."""
+    usable = usable_sets(registry, enc)
+    sets = usable.sets
+    if kind == "patches":  # the others are named, not a reason to index none
+        sets, without = _with_patches(sets, enc.name)
+        usable.left_out.extend(without)
+    if not sets:
+        left = f" ({left_out_note(usable.left_out)})" if usable.left_out else ""
+        raise NotFoundError(
+            f"encoder '{enc.name}' has no complete embeddings of its current weights{left}",
+            hint=f"run `{extract_command('DATASET...', enc.name)}`",
+        )
+    return usable, sets
+
+
 def _with_patches(
     sets: list[tuple[FingerprintSet, str]], encoder: str
 ) -> tuple[list[tuple[FingerprintSet, str]], list[LeftOut]]:
@@ -434,17 +454,7 @@ def build_index(
     if nprobe is not None and nprobe < 1:  # stored, it failed every later search
         raise InputError(f"nprobe {nprobe}: expected a whole number >= 1")
     enc = get_encoder(registry, encoder)
-    usable = usable_sets(registry, enc)
-    sets = usable.sets
-    if kind == "patches":  # the others are named, not a reason to index none
-        sets, without = _with_patches(sets, enc.name)
-        usable.left_out.extend(without)
-    if not sets:
-        left = f" ({left_out_note(usable.left_out)})" if usable.left_out else ""
-        raise NotFoundError(
-            f"encoder '{enc.name}' has no complete embeddings of its current weights{left}",
-            hint=f"run `{extract_command('DATASET...', enc.name)}`",
-        )
+    usable, sets = _sets_to_index(registry, enc, kind)
     entries = {fs.id: (_entry(fs, ref, kind), fs.embeddings_path) for fs, ref in sets}
     dim = int(open_array(sets[0][0].embeddings_path, "z").shape[1])
     total = sum(e.n_images * e.tiles for e, _ in entries.values())
