@@ -265,3 +265,16 @@ def test_a_gpu_missing_here_is_refused_before_the_study_on_the_local_executor(
     with pytest.raises(InputError, match="add --gpus 1"):
         create_study(reg, workspace, "blood", name="s", engine=cuda)
     study_mod.check_study_options(engine=cuda, resources={"gpus_per_node": 1}, name="s")
+
+
+def test_a_study_to_resume_is_named_never_given_as_a_path(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """`automl run blood --study ../runs/s1 --resume` resumed the study in that folder (a new
+    study refuses the same name)."""
+    tiny_task(workspace, reg, "blood", sizes=(64, 24, 24))
+    res = CliRunner().invoke(app, ["automl", "run", "blood", "--study", "../runs/s1", "--resume"])
+    assert isinstance(res.exception, InputError), res.output
+    assert str(res.exception).startswith("study name '../runs/s1' is not valid"), res.exception
+    with pytest.raises(InputError, match=r"^study name '\.\./x' is not valid"):
+        load_spec(workspace, "../x")

@@ -72,6 +72,21 @@ def test_bad_entries_name_the_file_every_field_and_a_string_for_a_number(
     assert "value 7 of 'lr' is not legal; expected a number in" in lines[3]
 
 
+@pytest.mark.parametrize("arch", ["{a: 1}", "[1, 2]"])
+def test_an_architecture_that_is_no_name_is_one_line(
+    workspace: Workspace, reg: Registry, tmp_path: Path, arch: str
+) -> None:
+    """`- {arch: {a: 1}}` ended in "TypeError: unhashable type: 'dict'", exit 70."""
+    tiny_task(workspace, reg, "blood", sizes=(64, 24, 24))
+    warm = tmp_path / "warm.yaml"
+    warm.write_text(f"- {{arch: {arch}}}\n")
+    res = _run("blood", "--initial", str(warm), "--archs", "small_cnn")
+    assert isinstance(res.exception, InputError), res.output
+    said = str(res.exception)
+    assert said.startswith(f"initial configurations file '{warm}': entry 0: 'arch' is a "), said
+    assert said.endswith("expected an architecture name, one of small_cnn"), said
+
+
 def test_a_recommendation_whose_architectures_archs_leaves_out_is_named(
     workspace: Workspace, reg: Registry
 ) -> None:

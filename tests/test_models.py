@@ -123,6 +123,25 @@ def test_a_model_of_a_task_has_its_metric_on_its_card(
     assert "metric" not in register_model(reg, "n", ckpt).card["task"]  # a model of no task
 
 
+def test_a_run_id_alone_registers_the_model_for_the_runs_task(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    """`model register NAME CKPT --run-id R` checked the checkpoint against the run's task,
+    then registered the model with no task: `model list --task T` left it out."""
+    from pomlia_hpc.registry import Run
+
+    task_id = row_task(reg, "pneumo")
+    with reg.session() as s:
+        run = Run(task_id=task_id, status="ok")
+        s.add(run)
+        s.flush()
+        run_id = int(run.id)
+    ckpt = save_demo_checkpoint(tmp_path / "m.pt", num_classes=2)
+    row = promote_checkpoint(reg, workspace, "m", ckpt, run_id=run_id)
+    assert (row.task_id, row.run_id) == (task_id, run_id)
+    assert row.card["task"]["id"] == task_id
+
+
 def test_a_taken_model_name_leaves_its_checkpoint_alone(
     workspace: Workspace, reg: Registry, tmp_path: Path
 ) -> None:
@@ -298,3 +317,40 @@ def test_weights_of_another_network_are_one_line(tmp_path: Path) -> None:
         "(1 missing, e.g. features.0.weight; 1 unexpected, e.g. extra.bias; "
         "2 of another shape, e.g. head.weight)"
     )
+
+
+def test_register_refuses_a_checkpoint_that_does_not_load_and_copies_nothing(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    """`model register` read the meta only: a checkpoint of an unknown architecture, or of
+    weights that are not its architecture's, was copied and registered, and failed only at
+    export or a warm start ("unknown architecture 'nosuch'", naming no file). A text file's
+    reason was torch's bare KeyError, "105"."""
+    import torch
+
+    from pomlia_hpc.models.checkpoint import FORMAT, write_torch
+    from pomlia_hpc.models.nets import build_classifier
+    from tests.fixtures.cli import refused
+
+    meta = {
+        "arch": "small_cnn",
+        "num_classes": 2,
+        "in_channels": 3,
+        "image_size": 28,
+        "task_type": "binary",
+        "label_names": ["a", "b"],
+    }
+    weights = build_classifier("small_cnn", 2, 3).state_dict()
+    cases = {
+        "arch.pt": ({**meta, "arch": "nosuch"}, weights, "arch.pt: unknown architecture 'nosuch'"),
+        "weights.pt": (meta, {"x": torch.zeros(2)}, "weights.pt: weights do not match arch"),
+    }
+    for name, (m, w, said) in cases.items():
+        path = write_torch(tmp_path / name, {"format": FORMAT, "meta": m, "state_dict": w})
+        err = refused("model", "register", "m", str(path))
+        assert said in err, err
+    text = tmp_path / "text.pt"
+    text.write_text("hi\n")
+    err = refused("model", "register", "m", str(text))
+    assert "not a readable classifier checkpoint (not a file torch.save wrote" in err, err
+    assert not workspace.path("models").exists() or not any(workspace.path("models").iterdir())

@@ -238,6 +238,12 @@ def config_key(values: Mapping[str, Any]) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
+def _shown_value(value: Any) -> str:
+    """``value`` as a message shows a wrong one: its type and a short repr."""
+    text = repr(value)
+    return f"a {type(value).__name__} ({text[:40]}{'...' if len(text) > 40 else ''})"
+
+
 def make_configuration(
     space: ConfigurationSpace, values: Mapping[str, Any], where: str
 ) -> Configuration:
@@ -245,7 +251,13 @@ def make_configuration(
     bad hyperparameter (one line each when there are several) on failure. Inactive
     hyperparameters may be left out."""
     known = set(space.keys())
-    if "arch" in known and "arch" in values and not space["arch"].legal_value(values["arch"]):
+    arch = values.get("arch")
+    if "arch" in values and not isinstance(arch, str):  # a dict or list is unhashable there
+        raise InputError(
+            f"{where}: 'arch' is {_shown_value(arch)}: expected an architecture name"
+            + (f", {_describe(space['arch'])}" if "arch" in known else "")
+        )
+    if "arch" in known and "arch" in values and not space["arch"].legal_value(arch):
         # alone: another architecture is the reason, not the weights' keys it brings along
         raise InputError(
             f"{where}: architecture {values['arch']!r} is not in this study's space; "

@@ -241,8 +241,11 @@ def automl_run(
     chosen: list[str] = []  # the epoch options left to that default
     if resume:
         from pomlia_hpc.automl.liveness import refuse_if_driven
+        from pomlia_hpc.automl.study.spec import STUDY_NAME_MAX
+        from pomlia_hpc.names import validate_name
 
         name, why = (study, "") if study is not None else study_to_resume(ws, task)
+        validate_name("study", name, max_len=STUDY_NAME_MAX)  # a name, never a path
         refuse_if_driven(ws, name)  # before anything is printed: a refusal is all it says
         if why:
             err_console.print(f"[yellow]note:[/] {why}", soft_wrap=True, highlight=False)

@@ -45,13 +45,16 @@ def register(
     """Register a classifier checkpoint as a model. The checkpoint is copied into the
     workspace (models/NAME.pt): the model does not depend on the file it came from.
 
-    Refused, nothing written: a different file already at models/NAME.pt (another registry's
-    model), a --run-id of another task than --task-id, a checkpoint whose class count is not
-    its task's."""
+    Refused, nothing written: a file that does not load as a classifier (its architecture
+    unknown, its weights not that architecture's), a different file already at models/NAME.pt
+    (another registry's model), a --run-id of another task than --task-id, a checkpoint whose
+    class count is not its task's."""
     from pomlia_hpc.models.catalog import promote_checkpoint
-    from pomlia_hpc.models.checkpoint import read_meta
+    from pomlia_hpc.models.checkpoint import load_classifier
 
-    read_meta(checkpoint)  # a file that is not a classifier checkpoint: refused, nothing copied
+    # A file that is not a classifier checkpoint, of an unknown architecture or with weights
+    # that do not fit it: refused, nothing copied (each failed only at export or a warm start).
+    load_classifier(checkpoint)
     row = promote_checkpoint(
         STATE.registry(), STATE.workspace, name, checkpoint, task_id=task_id, run_id=run_id
     )

@@ -159,7 +159,7 @@ def promote_checkpoint(
         if exist_ok:
             return existing
         raise ModelNameTakenError(_taken(name, existing.id))  # before its checkpoint is overwritten
-    _check_ids(registry, task_id, run_id, Path(checkpoint))
+    task_id = _check_ids(registry, task_id, run_id, Path(checkpoint))
     dst = workspace.path("models", f"{name}.pt")
     if dst.exists() and not filecmp.cmp(checkpoint, dst, shallow=False):
         raise ModelNameTakenError(_unregistered_file(name, dst))
@@ -193,10 +193,12 @@ def _drop_unregistered_copy(registry: Registry, name: str, source: Path, copy: P
 
 def _check_ids(
     registry: Registry, task_id: int | None, run_id: int | None, checkpoint: Path
-) -> None:
+) -> int | None:
     """Refuse, before anything is copied, a task or run id that is not in the registry, a run
     of another task than ``task_id``, and a checkpoint whose class count is not its task's (a
-    model's lineage, listing and serving would name the wrong task)."""
+    model's lineage, listing and serving would name the wrong task). Returns the model's task
+    id: ``task_id``, else the run's (a run id alone names its task; the model was registered
+    with none, so listings by task left it out)."""
     with registry.session() as s:
         for kind, table, ref in (("task", Task, task_id), ("run", Run, run_id)):
             if ref is not None and s.get(table, ref) is None:
@@ -212,7 +214,7 @@ def _check_ids(
         task = s.get(Task, tid) if tid is not None else None
         version = s.get(DatasetVersion, task.dataset_version_id) if task is not None else None
         if task is None or version is None or "n_classes" not in version.meta:
-            return
+            return tid
         want, task_name = int(version.meta["n_classes"]), task.name
     # Imported here: reading a checkpoint needs torch (see register_model).
     from pomlia_hpc.models.checkpoint import read_meta
@@ -223,6 +225,7 @@ def _check_ids(
             f"{checkpoint}: the checkpoint has {got} classes but task '{task_name}' (id {tid}) "
             f"has {want}; expected a checkpoint trained for that task"
         )
+    return tid
 
 
 def resolve_model(registry: Registry, ref: str) -> Model:

@@ -102,6 +102,8 @@ def _load_raw(path: Path) -> tuple[ClassifierMeta, dict[str, torch.Tensor]]:
     except Exception as exc:
         # torch's text can run to a dozen lines (the weights_only advice): its first sentence
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
+        if isinstance(exc, KeyError | EOFError):  # a text or cut file: the bare key said "105"
+            reason = "not a file torch.save wrote, or one cut short"
         raise InputError(
             f"{path}: not a readable classifier checkpoint ({reason}); expected a file written "
             "by save_classifier"
@@ -126,9 +128,12 @@ def load_classifier(path: str | Path) -> LoadedClassifier:
     """Rebuild the network saved at ``path`` and load its weights; the model is in eval mode."""
     p = Path(path)
     meta, state = _load_raw(p)
-    model = build_classifier(
-        meta.arch, meta.num_classes, meta.in_channels, image_size=meta.image_size
-    )
+    try:
+        model = build_classifier(
+            meta.arch, meta.num_classes, meta.in_channels, image_size=meta.image_size
+        )
+    except InputError as exc:  # an unknown architecture: name the file it came from
+        raise InputError(f"{p}: {exc.message}", hint=exc.hint) from exc
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

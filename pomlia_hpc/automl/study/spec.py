@@ -231,6 +231,8 @@ def load_spec(workspace: Workspace, name: str, task: str | None = None) -> Study
     """The saved specification of study ``name``; with ``task`` (a task's name or id, as
     ``automl run TASK --study NAME --resume`` gives it), refused as an :class:`InputError`
     when the study is another task's: resumed, it would train that task's data silently."""
+    # A name, not a path: `--study ../runs/s1 --resume` read another folder's study.
+    validate_name("study", name, max_len=STUDY_NAME_MAX)
     path = study_dir(workspace, name) / SPEC_FILE
     if not path.is_file():
         raise NotFoundError(f"study '{name}' does not exist (no {path})")
