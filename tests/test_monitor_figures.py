@@ -17,7 +17,7 @@ from matplotlib.colors import to_rgba
 from pomlia_hpc.monitor.figures import (
     REJECTED_COLOUR,
     history_figure,
-    hourly_volume,
+    volume_bars,
     thresholds,
     volume_figure,
 )
@@ -148,8 +148,8 @@ def test_every_hour_of_the_window_is_drawn_at_its_time() -> None:
         "predictions": 26,
         "per_hour": [["2026-12-05T06:00", 13], ["2026-12-05T11:00", 13]],
     }
-    hours = hourly_volume(report)
-    assert len(hours) == 25  # 11:19 yesterday to 11:19 today touches 25 clock hours
+    width, hours = volume_bars(report)
+    assert width == 1 and len(hours) == 25  # 11:19 yesterday to 11:19 today touches 25 clock hours
     assert hours[0] == (datetime(2026, 12, 4, 11, tzinfo=UTC), 0)
     assert sum(n for _, n in hours) == 26 and sum(1 for _, n in hours if n) == 2
     fig = volume_figure(report)
@@ -167,6 +167,32 @@ def test_every_hour_of_the_window_is_drawn_at_its_time() -> None:
         (mdates.date2num(since), mdates.date2num(since + timedelta(hours=24)))
     )
     assert "UTC" in ax.get_xlabel()
+    plt.close(fig)
+
+
+@pytest.mark.parametrize(
+    ("since", "until", "width", "bars"),
+    [
+        ("2026-11-05T11:19:03+00:00", "2026-12-05T11:19:03+00:00", 24, 31),  # 30 days
+        ("2023-12-05T00:00:00+00:00", "2026-12-05T00:00:00+00:00", 168, 157),  # 3 years
+        ("0001-01-01T00:00:00+00:00", "2026-12-05T00:00:00+00:00", 168 * 212, 499),
+        ("9999-12-01T00:00:00+00:00", "9999-12-31T23:59:59+00:00", 24, 31),
+    ],
+)
+def test_a_long_window_draws_a_bar_a_day_or_a_week(
+    since: str, until: str, width: int, bars: int
+) -> None:
+    """A window of years (a backfill's `--since`) built and drew a bar per hour: minutes and
+    gigabytes; a window ending at the end of year 9999 overflowed the hours after it."""
+    report = _report([], until=until, hours=24)
+    report["window"]["since"] = since
+    last = datetime.fromisoformat(until) - timedelta(hours=1)  # the window's last hour
+    report["volume"] = {"predictions": 5, "per_hour": [[f"{last:%Y-%m-%dT%H}:00", 5]]}
+    got_width, got = volume_bars(report)
+    assert (got_width, len(got)) == (width, bars)
+    assert sum(n for _, n in got) == 5  # the last hour's predictions in a bar
+    fig = volume_figure(report)
+    assert fig is not None and len(fig.axes[0].patches) == bars
     plt.close(fig)
 
 

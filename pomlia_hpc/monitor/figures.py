@@ -8,6 +8,7 @@ night) and hours without predictions are an outage to see, not a gap to close up
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -185,33 +186,49 @@ def _time_axis(ax: Any, shown: Sequence[datetime], current: datetime | None) -> 
     )
 
 
-def hourly_volume(report: dict[str, Any]) -> list[tuple[datetime, int]]:
-    """(hour start UTC, predictions) for every hour the window touches, oldest first,
-    0 for an hour without predictions (the report lists only hours with some)."""
+#: The most bars the volume figure draws: past it each bar is a day, then a week or more (a
+#: backfill's window of years drew, and built, one bar per hour: minutes and gigabytes).
+MAX_VOLUME_BARS = 500
+_BAR_HOURS = (1, 24, 24 * 7)
+
+
+def volume_bars(report: dict[str, Any]) -> tuple[int, list[tuple[datetime, int]]]:
+    """(hours per bar, [(bar start UTC, predictions)]) over every hour the window touches,
+    oldest first, 0 for a bar without predictions (the report lists only hours with some).
+    A bar is an hour for a window of up to :data:`MAX_VOLUME_BARS` hours, else a day, a week
+    or several weeks, whichever keeps to that many bars."""
     since = as_utc(report["window"]["since"])
     until = as_utc(report["window"]["until"])
     counts = {as_utc(h): int(n) for h, n in report["volume"]["per_hour"]}
     if since is None or until is None:
-        return sorted((h, n) for h, n in counts.items() if h is not None)
-    hour = since.replace(minute=0, second=0, microsecond=0)
-    out = []
-    while hour < until:
-        out.append((hour, counts.get(hour, 0)))
-        hour += timedelta(hours=1)
-    return out
+        return 1, sorted((h, n) for h, n in counts.items() if h is not None)
+    start = since.replace(minute=0, second=0, microsecond=0)
+    hours = math.ceil((until - start) / timedelta(hours=1))
+    week = _BAR_HOURS[-1]
+    width = next(
+        (b for b in _BAR_HOURS if hours <= b * MAX_VOLUME_BARS),
+        week * math.ceil(hours / (week * MAX_VOLUME_BARS)),
+    )
+    bars = [0] * math.ceil(hours / width)
+    for hour, n in counts.items():
+        if hour is not None and start <= hour < until:
+            bars[(hour - start) // timedelta(hours=width)] += n
+    return width, [(start + timedelta(hours=width * i), n) for i, n in enumerate(bars)]
 
 
 def volume_figure(report: dict[str, Any]) -> Figure | None:
-    """Predictions per hour as bars one hour wide on a UTC time axis over the whole window,
-    hours without predictions at 0. None when the window holds no predictions."""
-    hours = hourly_volume(report)
+    """Predictions per hour (per day or week for a long window: :func:`volume_bars`) as bars
+    on a UTC time axis over the whole window, bars without predictions at 0. None when the
+    window holds no predictions."""
+    width, hours = volume_bars(report)
     if not any(n for _, n in hours):
         return None
+    unit = {1: "hour", 24: "day", 24 * 7: "week"}.get(width, f"{width // (24 * 7)} weeks")
     with new_figure(figsize=(8, 2.6)) as (fig, ax):
         ax.bar(
             [_num(h) for h, _ in hours],
             [n for _, n in hours],
-            width=1 / 24,  # an hour, in matplotlib's date unit (days)
+            width=width / 24,  # in matplotlib's date unit (days)
             align="edge",
             color="C2",
             edgecolor="white",
@@ -224,8 +241,9 @@ def volume_figure(report: dict[str, Any]) -> Figure | None:
         ax.xaxis.set_major_locator(loc)
         ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc, tz=UTC))
         ax.tick_params(axis="x", labelsize=7)
-        ax.set_xlabel("hour (UTC)")
-        ax.set_ylabel("predictions / hour")
+        ax.set_xlabel(f"{unit} (UTC)")
+        ax.set_ylabel(f"predictions / {unit}")
         empty = sum(1 for _, n in hours if n == 0)
-        ax.set_title(f"volume ({empty} of {len(hours)} hours without predictions)")
+        bars = f"{unit}s" if width in _BAR_HOURS else f"bars of {unit}"
+        ax.set_title(f"volume ({empty} of {len(hours)} {bars} without predictions)")
         return fig
