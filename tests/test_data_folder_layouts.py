@@ -122,12 +122,12 @@ def test_an_empty_class_folder_is_skipped_with_a_warning(
     workspace: Workspace, tmp_path: Path
 ) -> None:
     root = _mk(tmp_path / "e", "a", "b")
-    (root / "empty").mkdir()
+    (root / "[empty]").mkdir()  # printed as markup, "[empty]" vanished from the warning
     text = _flat(cli_ok("data", "add", "e", str(root)))
-    assert "warning: skipped 1 class folder(s) without images (not made classes): empty" in text
+    assert "warning: skipped 1 class folder(s) without images (not made classes): [empty]" in text
     meta = _meta("e")
     assert meta["class_names"] == ["a", "b"]
-    assert meta["source"]["skipped_empty_folders"] == ["empty"]  # type: ignore[index]
+    assert meta["source"]["skipped_empty_folders"] == ["[empty]"]  # type: ignore[index]
 
 
 def test_a_class_without_training_images_is_named_by_add_and_show(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from pomlia_hpc.cli.app import STATE, app, console, err_console, profile_for
@@ -248,7 +249,7 @@ def automl_run(
         validate_name("study", name, max_len=STUDY_NAME_MAX)  # a name, never a path
         refuse_if_driven(ws, name)  # before anything is printed: a refusal is all it says
         if why:
-            err_console.print(f"[yellow]note:[/] {why}", soft_wrap=True, highlight=False)
+            err_console.print(f"[yellow]note:[/] {escape(why)}", soft_wrap=True, highlight=False)
         spec = load_spec(ws, name, task=task)
         ignored = _ignored_on_resume(ctx)
         if ignored:
@@ -361,10 +362,14 @@ def automl_run(
                 f"architectures {', '.join(ws_rec.archs)}"
             )
             for note in ws_rec.notes:
-                err_console.print(f"[yellow]warning:[/] {note}", soft_wrap=True, highlight=False)
+                err_console.print(
+                    f"[yellow]warning:[/] {escape(note)}", soft_wrap=True, highlight=False
+                )
         _note_added_archs(spec)
         for warning in spec.lineage_warnings:
-            err_console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True, highlight=False)
+            err_console.print(
+                f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True, highlight=False
+            )
     console.print(
         f"study [bold]{spec.name}[/] on task {spec.task} ({spec.dataset}, metric "
         f"{spec.metric}), {spec.options.optimizer}, executor '{spec.options.executor}'"

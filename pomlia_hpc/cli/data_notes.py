@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from rich.markup import escape
+
 from pomlia_hpc.cli.app import STATE, console, err_console
 from pomlia_hpc.cli.folder_notes import (
     print_folder_notes,
@@ -86,7 +88,7 @@ def _print_carried(name: str, meta: dict[str, Any]) -> None:
     source = meta.get("source") or {}
     parent = (source.get("split_carried") or {}).get("from")
     for level, text in carried_note(source, f"{name}@{parent}") if parent else []:
-        err_console.print(f"[yellow]{level}:[/] {text}", highlight=False)
+        err_console.print(f"[yellow]{level}:[/] {escape(text)}", highlight=False)
 
 
 def _print_resplit(name: str, rec: VersionRecord) -> None:
@@ -102,7 +104,7 @@ def _print_resplit(name: str, rec: VersionRecord) -> None:
     except PomliaError:
         return
     if text:
-        err_console.print(f"[yellow]note:[/] {text}", highlight=False)
+        err_console.print(f"[yellow]note:[/] {escape(text)}", highlight=False)
 
 
 def _print_duplicates(fingerprint: dict[str, Any]) -> None:
@@ -111,7 +113,7 @@ def _print_duplicates(fingerprint: dict[str, Any]) -> None:
 
     warning = duplicate_warning(fingerprint)
     if warning:
-        err_console.print(f"[yellow]warning:[/] {warning}")
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}")
 
 
 def _print_copies(name: str, version: str) -> None:
@@ -120,7 +122,7 @@ def _print_copies(name: str, version: str) -> None:
     from pomlia_hpc.data.leakage import copies_elsewhere
 
     for level, text in copies_elsewhere(STATE.registry(), name, version):
-        err_console.print(f"[yellow]{level}:[/] {text}", highlight=False)
+        err_console.print(f"[yellow]{level}:[/] {escape(text)}", highlight=False)
 
 
 def _print_changes(name: str, parent: str, meta: dict[str, Any]) -> None:
@@ -133,7 +135,7 @@ def _print_changes(name: str, parent: str, meta: dict[str, Any]) -> None:
     if changes:
         err_console.print(
             f"[yellow]warning:[/] this version of '{name}' differs from the previous one "
-            f"({name}@{parent}): {'; '.join(changes)}. Tasks already registered keep the "
+            f"({name}@{parent}): {escape('; '.join(changes))}. Tasks already registered keep the "
             f"version they were made with; `pomlia task add --dataset {name}` and other "
             f"commands naming '{name}' now use this one (name {name}@{parent} for the old)"
         )
@@ -163,12 +165,13 @@ def _print_notes(meta: dict[str, Any]) -> None:
     if skipped:
         err_console.print(
             f"[yellow]warning:[/] skipped {len(skipped)} class folder(s) without images "
-            f"(not made classes): {', '.join(skipped)}"
+            f"(not made classes): {escape(', '.join(skipped))}"
         )
     missing = classes_without_images(meta)
     if missing:
         err_console.print(
-            f"[yellow]warning:[/] class(es) without images in a split: {describe_missing(missing)}"
+            f"[yellow]warning:[/] class(es) without images in a split: "
+            f"{escape(describe_missing(missing))}"
             + (_UNUSED if any(len(v) == 3 for v in missing.values()) else "")
         )
     multi = str(meta.get("task_type", "")).startswith("multi-label")

@@ -442,7 +442,7 @@ def _print_scheduled(res: Any, *, chain: bool, every: str) -> None:
         replaced = job_labels(STATE.registry(), list(res.replaced))
         console.print(f"replaced (cancelled): {', '.join(replaced)}", highlight=False)
     for warning in res.warnings:  # the new chain stands; the old one may need a hand
-        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if res.note:  # submitted, not recorded: the chain goes on; `jobs list` will not show it
         err_console.print(
             f"[yellow]warning:[/] slurm job {res.job_id} {res.note}",

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from pomlia_hpc.cli.app import STATE, app, console
 from pomlia_hpc.registry import Registry
@@ -36,7 +37,7 @@ def recover() -> None:
     for ref in res.registered:
         console.print(f"registered {ref}")
     for path, why in res.skipped:
-        console.print(f"[yellow]skipped {path}: {why}[/]")
+        console.print(f"[yellow]skipped {escape(str(path))}: {escape(why)}[/]")
     console.print(
         f"{len(res.registered)} dataset version(s) registered, {len(res.known)} already "
         f"known, {len(res.skipped)} skipped; registry {reg.display_url()}"

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import select
 from typer.core import TyperGroup
@@ -397,7 +398,7 @@ def serve(
 
         days = cfg.log_retention_days
         for warning in check_retention(STATE.workspace, bundle.name, log_name, days):
-            err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+            err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     if follow is not None:
         console.print(f"following {follow}: a new bundle there is swapped in without downtime")
     try:

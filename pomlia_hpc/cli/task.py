@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from pomlia_hpc.cli.app import STATE, app, console
@@ -48,7 +49,7 @@ def task_add(
     )
     warning = duplicate_warning(version.fingerprint or {})
     if warning:
-        console.print(f"[yellow]warning:[/] dataset {ref}: {warning}")
+        console.print(f"[yellow]warning:[/] dataset {ref}: {escape(warning)}")
     left_out = classes_left_out(version.meta, row.metric)
     if left_out:
         console.print(f"[yellow]warning:[/] dataset {ref}: {left_out}")
