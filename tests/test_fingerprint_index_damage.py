@@ -46,7 +46,16 @@ def _other_index(gen: Path) -> str:
     return f"{gen / 'index.faiss'} holds 71 vectors of 4 dimensions, its manifest says 100 of 4"
 
 
-@pytest.mark.parametrize("damage", [_truncate, _delete, _no_manifest, _bad_manifest, _other_index])
+def _other_encoders(gen: Path) -> str:
+    # Another encoder's index folder copied here: it said "holds no other dataset's images".
+    manifest = gen / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"encoder": "enc"', '"encoder": "ae8"'))
+    return f"{manifest} is the images index of encoder 'ae8'"
+
+
+@pytest.mark.parametrize(
+    "damage", [_truncate, _delete, _no_manifest, _bad_manifest, _other_index, _other_encoders]
+)
 def test_damaged_index_is_named_and_rebuilt(
     workspace: Workspace,
     reg: Registry,

@@ -118,6 +118,12 @@ def read_generation(gen: Path, encoder: str, kind: Kind) -> tuple[faiss.Index, M
         manifest = read_record(Manifest, gen / "manifest.json")
     except PomliaError as exc:  # missing (NotFoundError) or not a manifest (InputError)
         raise DamagedIndexError(f"{what} cannot be read: {exc.message}", hint=hint) from exc
+    if (manifest.encoder, manifest.kind) != (encoder, kind):  # a folder copied or moved
+        raise DamagedIndexError(
+            f"{what} cannot be read: {gen / 'manifest.json'} is the {manifest.kind} index of "
+            f"encoder '{manifest.encoder}'",
+            hint=hint,
+        )
     hint = repair_hint(encoder, kind, manifest)  # its factory and metric, now they are known
     path = gen / "index.faiss"
     try:
