@@ -90,8 +90,8 @@ def test_flags_show_no_value_placeholder() -> None:
 def test_options_without_a_shown_default_say_theirs() -> None:
     """Options whose default is decided later (None in the signature) showed none in --help
     (`automl run --gpus` still none until the defaults were made one form)."""
+    from pomlia_hpc.fingerprint.exclusion import DEFAULT_NPROBE
     from pomlia_hpc.fingerprint.extract import DEFAULT_SHARD_ROWS
-    from pomlia_hpc.fingerprint.index import DEFAULT_NPROBE
 
     wanted = {
         ("fingerprint", "extract"): {

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -17,7 +18,12 @@ from pomlia_hpc.data.store import open_version
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.files import host_field
 from pomlia_hpc.fingerprint.extract import finish_extraction, plan_extraction
-from pomlia_hpc.fingerprint.index import build_index, default_factory, load_index
+from pomlia_hpc.fingerprint.index import (
+    PUBLISH_LOCK,
+    build_index,
+    default_factory,
+    load_index,
+)
 from pomlia_hpc.fingerprint.shards import read_embeddings, run_shard
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
@@ -85,7 +91,8 @@ def test_new_dataset_is_added_without_rebuilding(
     )
     root = workspace.path("indexes", "enc", "images")
     assert (root / "current").resolve().name == "gen-000002"
-    assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no temp leftovers
+    # no temp leftovers (the lock file publishing builds take turns on stays, as locks do)
+    assert not [p for p in root.iterdir() if p.name.startswith(".") and p.name != PUBLISH_LOCK]
     # A full rebuild on request, and when a dataset was extracted again.
     assert build_index(reg, workspace, "enc", rebuild=True).rebuilt
     assert not build_index(reg, workspace, "enc").rebuilt
@@ -126,6 +133,27 @@ def test_publishing_takes_a_free_generation_and_removes_killed_builds_temp(
     assert (root / "gen-000001" / "index.faiss").read_bytes() == gen1
     assert not stale.exists() and not stale_link.is_symlink()
     assert live.is_dir() and elsewhere.is_dir()
+
+
+def test_a_build_that_publishes_last_with_an_older_number_leaves_current_alone(
+    workspace: Workspace, reg: Registry, two_sets: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two builds at once: the one that picked generation 3 published after the other had
+    published generation 5, and pointed `current` back at 3."""
+    build_index(reg, workspace, "enc")
+    root = workspace.path("indexes", "enc", "images")
+    newer = root / "gen-000005"  # what the concurrent build published meanwhile
+    shutil.copytree(root / "gen-000001", newer)
+    manifest = json.loads((newer / "manifest.json").read_text())
+    (newer / "manifest.json").write_text(json.dumps({**manifest, "generation": 5}))
+    (root / "current").unlink()
+    (root / "current").symlink_to(newer.name)
+    module = importlib.import_module("pomlia_hpc.fingerprint.index")
+    monkeypatch.setattr(module, "next_generation", lambda _root: 3)  # picked before it
+    res = build_index(reg, workspace, "enc", rebuild=True)
+    assert res.generation == 3 and (root / "gen-000003").is_dir()
+    assert (root / "current").resolve().name == "gen-000005"
+    assert load_index(reg, workspace, "enc").manifest.generation == 5
 
 
 def test_inner_product_metric_and_exclusion(

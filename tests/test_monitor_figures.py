@@ -17,8 +17,8 @@ from matplotlib.colors import to_rgba
 from pomlia_hpc.monitor.figures import (
     REJECTED_COLOUR,
     history_figure,
-    volume_bars,
     thresholds,
+    volume_bars,
     volume_figure,
 )
 

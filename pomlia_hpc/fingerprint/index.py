@@ -37,6 +37,7 @@ import zarr
 
 from pomlia_hpc.errors import InputError, NotFoundError, PomliaError
 from pomlia_hpc.files import (
+    held_lock,
     publish_dir,
     replace_link,
     sweep_stale_temps,
@@ -44,6 +45,11 @@ from pomlia_hpc.files import (
     write_atomic,
 )
 from pomlia_hpc.fingerprint.encoders import get_encoder
+from pomlia_hpc.fingerprint.exclusion import (
+    SEARCHABLE,
+    check_leaves_out,
+    search_params,
+)
 from pomlia_hpc.fingerprint.generation import (
     DamagedIndexError,
     Kind,
@@ -71,19 +77,13 @@ from pomlia_hpc.workspace import Workspace
 EXACT_LIMIT = 1_000_000
 #: Vectors used to train an IVF/PQ index (sampled evenly from all sets).
 TRAIN_SAMPLE = 262_144
-#: Inverted lists an IVF search visits unless the index or the caller says otherwise.
-DEFAULT_NPROBE = 16
 #: Generations kept on disk besides the current one (readers may still hold the previous one).
 KEEP_OLD_GENERATIONS = 1
+#: The lock file, in an index's folder, that publishing builds take turns on.
+PUBLISH_LOCK = ".publish.lock"
 
 Metric = Literal["l2", "ip"]
 SPLITS = ("train", "val", "test")
-
-
-#: Index types a search with ids left out suits, in words (for refusals).
-SEARCHABLE = (
-    "an exact, IVF or scalar-quantised index such as 'Flat', 'IVF1024,Flat', 'IVF256,PQ16', 'SQ8'"
-)
 
 
 def default_factory(n_vectors: int) -> str:
@@ -108,36 +108,6 @@ def new_index(dim: int, factory: str, metric: Metric) -> faiss.Index:
     if faiss.try_extract_index_ivf(index) is None and not isinstance(index, faiss.IndexIDMap):
         index = faiss.IndexIDMap2(index)
     return index
-
-
-def _innermost(index: faiss.Index) -> Any:
-    """The index an IDMap or a pre-transform (PCA, OPQ) wraps, unwrapped to the last one."""
-    inner = faiss.downcast_index(index)
-    while isinstance(inner, faiss.IndexIDMap | faiss.IndexIDMap2 | faiss.IndexPreTransform):
-        inner = faiss.downcast_index(inner.index)
-    return inner
-
-
-def check_leaves_out(index: faiss.Index, dim: int, factory: str) -> None:
-    """Refuse a trained ``index`` that cannot leave ids out of a search, which every query
-    does (a data set's own images are never its neighbours): faiss's PQ, LSH and NSG indexes
-    take no search parameters (``similar --images`` failed on them with a traceback), and a
-    graph (HNSW) filters while it walks, so a query among its own data set's images, all left
-    out, can find no neighbour at all."""
-    if isinstance(_innermost(index), faiss.IndexHNSW | faiss.IndexNSG):
-        raise InputError(
-            f"index factory '{factory}' builds a graph index, whose search with a data set's "
-            f"own images left out can miss every neighbour: expected {SEARCHABLE} (an HNSW "
-            "coarse quantiser of an IVF index, 'IVF65536_HNSW32,Flat', is fine)"
-        )
-    params, _keep = search_params(index, None, [(0, 1)])
-    try:
-        index.search(np.zeros((1, dim), np.float32), 1, params=params)
-    except RuntimeError as exc:
-        raise InputError(
-            f"index factory '{factory}' builds a faiss index that cannot leave a data set's own "
-            f"images out of a search ({faiss_reason(exc)}): expected {SEARCHABLE}"
-        ) from exc
 
 
 def gpu_available() -> bool:
@@ -182,35 +152,6 @@ def train_index(index: faiss.Index, sample: np.ndarray, *, use_gpu: bool | None 
             "a smaller one (e.g. 'PQ16x4' for 16 centroids) or the exact default"
         ) from exc
     return "cpu"
-
-
-def search_params(
-    index: faiss.Index, nprobe: int | None, exclude: list[tuple[int, int]]
-) -> tuple[Any, list[Any]]:
-    """faiss SearchParameters with ``nprobe`` (IVF) and an id-range exclusion selector, plus
-    the SWIG objects the parameters point to (keep them alive during the search)."""
-    keep: list[Any] = []
-    sel = None
-    if exclude:
-        ranges = [faiss.IDSelectorRange(a, b) for a, b in exclude]
-        keep.extend(ranges)
-        combined: Any = ranges[0]
-        for r in ranges[1:]:
-            combined = faiss.IDSelectorOr(combined, r)
-            keep.append(combined)
-        sel = faiss.IDSelectorNot(combined)
-        keep.append(sel)
-    if faiss.try_extract_index_ivf(index) is not None:
-        ivf_params: Any = faiss.SearchParametersIVF()
-        ivf_params.nprobe = nprobe or DEFAULT_NPROBE
-        if sel is not None:
-            ivf_params.sel = sel
-        return ivf_params, keep
-    if sel is None:
-        return None, keep
-    params: Any = faiss.SearchParameters()
-    params.sel = sel
-    return params, keep
 
 
 @dataclass(frozen=True)
@@ -589,11 +530,22 @@ def _publish(root: Path, index: faiss.Index, manifest: Manifest) -> Path:
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    replace_link(root / "current", final.name)
-    # Older generations beyond the ones kept go; newer ones belong to a concurrent build.
-    current = (root / "current").resolve()
-    older = [g for g in _generations(root) if g < manifest.generation]
-    for g in older[: max(0, len(older) - KEEP_OLD_GENERATIONS)]:
-        if (old := root / f"gen-{g:06d}") != current:
-            shutil.rmtree(old, ignore_errors=True)
+    with held_lock(root / PUBLISH_LOCK, f"index folder '{root}'"):
+        # Two builds publishing at once: `current` only ever moves to a newer generation (the
+        # slower build's link pointed it back at the older one).
+        now = _current_generation(root)
+        if now is None or manifest.generation > now:
+            replace_link(root / "current", final.name)
+        # Older generations beyond the ones kept go; newer ones belong to a concurrent build.
+        current = (root / "current").resolve()
+        older = [g for g in _generations(root) if g < manifest.generation]
+        for g in older[: max(0, len(older) - KEEP_OLD_GENERATIONS)]:
+            if (old := root / f"gen-{g:06d}") != current:
+                shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _current_generation(root: Path) -> int | None:
+    """The generation ``root/current`` points to; None without a link (or a broken one)."""
+    name = (root / "current").resolve().name
+    return int(name[4:]) if name.startswith("gen-") and name[4:].isdigit() else None

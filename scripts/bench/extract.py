@@ -49,8 +49,9 @@ from pomlia_hpc.data.store import open_version
 from pomlia_hpc.data.synth import make_split
 from pomlia_hpc.files import write_npz
 from pomlia_hpc.fingerprint.autoencoder import Autoencoder, to_input
+from pomlia_hpc.fingerprint.exclusion import search_params
 from pomlia_hpc.fingerprint.extract import extract, plan_extraction
-from pomlia_hpc.fingerprint.index import new_index, search_params, train_index
+from pomlia_hpc.fingerprint.index import new_index, train_index
 from pomlia_hpc.fingerprint.shards import marker, run_shard
 from pomlia_hpc.fingerprint.train import (
     TrainConfig,
