@@ -154,6 +154,12 @@ def test_a_build_that_publishes_last_with_an_older_number_leaves_current_alone(
     assert res.generation == 3 and (root / "gen-000003").is_dir()
     assert (root / "current").resolve().name == "gen-000005"
     assert load_index(reg, workspace, "enc").manifest.generation == 5
+    # A link to a generation that is gone is repaired by the next build, whatever its number.
+    monkeypatch.undo()
+    shutil.rmtree(newer)
+    assert build_index(reg, workspace, "enc", rebuild=True).generation == 4
+    assert (root / "current").resolve().name == "gen-000004"
+    assert load_index(reg, workspace, "enc").manifest.generation == 4
 
 
 def test_inner_product_metric_and_exclusion(
@@ -232,7 +238,7 @@ def test_an_index_that_cannot_be_trained_on_so_few_vectors_is_one_line(
 ) -> None:
     """PQ's 256 centroids per sub-vector from 82 vectors: faiss's error, exit 70."""
     with pytest.raises(InputError, match=r"^the index cannot be trained on 82 vectors \("):
-        build_index(reg, workspace, "enc", factory="PQ2")
+        build_index(reg, workspace, "enc", factory="IVF2,PQ2")
 
 
 def test_nprobe_below_one_is_refused_and_a_new_one_is_recorded_on_an_index_up_to_date(

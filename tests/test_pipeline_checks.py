@@ -441,6 +441,10 @@ def test_the_sources_opened_by_checks_are_kept_in_a_bounded_cache(tmp_path: Path
             {"index": {"factory": "IVF16,PQ16"}},  # PQ16 needs d divisible by 16
             "p.yaml: bad value for 'index.factory': index factory string 'IVF16,PQ16'",
         ),
+        (  # a graph: refused by the build after training, not by the dry run
+            {"index": {"factory": "HNSW32"}},
+            "p.yaml: bad value for 'index.factory': index factory 'HNSW32' builds a graph index",
+        ),
         (
             {"tasks": [{"name": "t", "dataset": "a"}], "automl": {"archs": ["nosuch_arch"]}},
             "p.yaml: bad value for 'automl.archs.0': unknown architecture 'nosuch_arch'; "

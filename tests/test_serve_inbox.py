@@ -64,9 +64,20 @@ def test_a_damaged_record_before_the_end_loses_only_itself_and_is_said(
     inbox.close()
     path, whole = inbox.path, inbox.path.read_bytes()
     second = len(records[0])
-    for where, what in ((second + len(records[1]) - 20, "payload"), (second + 1, "magic")):
+    # the payload length of record 1 (u64 after its header) made 64 bytes longer: it still
+    # ends inside the file, past the start of record 2, which must not be skipped with it
+    plen_at = second + 8 + int.from_bytes(whole[second + 4 : second + 8], "little")
+    longer = int.from_bytes(whole[plen_at : plen_at + 8], "little") + 64
+    for where, what in (
+        (second + len(records[1]) - 20, "payload"),
+        (second + 1, "magic"),
+        (plen_at, "length"),
+    ):
         damaged = bytearray(whole)
-        damaged[where] ^= 0xFF
+        if what == "length":
+            damaged[where : where + 8] = longer.to_bytes(8, "little")
+        else:
+            damaged[where] ^= 0xFF
         path.write_bytes(bytes(damaged))
         caplog.clear()
         with caplog.at_level("WARNING", logger="pomlia.serve"):

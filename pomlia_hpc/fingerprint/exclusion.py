@@ -33,18 +33,33 @@ def _innermost(index: faiss.Index) -> Any:
     return inner
 
 
-def check_leaves_out(index: faiss.Index, dim: int, factory: str) -> None:
-    """Refuse a trained ``index`` that cannot leave ids out of a search, which every query
-    does (a data set's own images are never its neighbours): faiss's PQ, LSH and NSG indexes
-    take no search parameters (``similar --images`` failed on them with a traceback), and a
-    graph (HNSW) filters while it walks, so a query among its own data set's images, all left
+def check_index_type(index: faiss.Index, factory: str) -> None:
+    """Refuse, by its type alone (before training, so a pipeline's dry run finds it too), an
+    index that cannot leave ids out of a search, which every query does (a data set's own
+    images are never its neighbours): faiss's plain PQ, LSH and refined indexes take no
+    search parameters (``similar --images`` failed on them with a traceback), and a graph
+    (HNSW, NSG) filters while it walks, so a query among its own data set's images, all left
     out, can find no neighbour at all."""
-    if isinstance(_innermost(index), faiss.IndexHNSW | faiss.IndexNSG):
+    inner = _innermost(index)
+    if isinstance(inner, faiss.IndexHNSW | faiss.IndexNSG):
         raise InputError(
             f"index factory '{factory}' builds a graph index, whose search with a data set's "
             f"own images left out can miss every neighbour: expected {SEARCHABLE} (an HNSW "
             "coarse quantiser of an IVF index, 'IVF65536_HNSW32,Flat', is fine)"
         )
+    if isinstance(
+        inner, faiss.IndexPQ | faiss.IndexPQFastScan | faiss.IndexLSH | faiss.IndexRefine
+    ):
+        raise InputError(
+            f"index factory '{factory}' builds a faiss {type(inner).__name__}, which cannot "
+            f"leave a data set's own images out of a search: expected {SEARCHABLE}"
+        )
+
+
+def check_leaves_out(index: faiss.Index, dim: int, factory: str) -> None:
+    """:func:`check_index_type`, then a search of the trained (still empty) ``index`` with
+    ids left out, for any other type faiss refuses such a search on."""
+    check_index_type(index, factory)
     params, _keep = search_params(index, None, [(0, 1)])
     try:
         index.search(np.zeros((1, dim), np.float32), 1, params=params)

@@ -6,8 +6,9 @@ manifest maps each fingerprint set to its ``name@version`` and split row ranges,
 maps back to (dataset version, split, row).
 
 Kinds. ``Flat`` (exact; L2 or inner product) is the default up to :data:`EXACT_LIMIT` vectors;
-any :func:`faiss.index_factory` string (``IVF4096,Flat``, ``IVF1024,PQ16``, ``HNSW32``, ...)
-can be given instead, and above the limit the default becomes ``IVF{4*sqrt(N)},Flat``. With
+an :func:`faiss.index_factory` string of an index that can leave a data set's own vectors
+out of a search (``IVF4096,Flat``, ``IVF1024,PQ16``, ``SQ8``, ...: :mod:`.exclusion`) can be
+given instead, and above the limit the default becomes ``IVF{4*sqrt(N)},Flat``. With
 ``metric="ip"`` vectors are L2-normalised (cosine similarity). When ``faiss-gpu`` and a GPU are
 present, the IVF coarse quantiser is trained on the GPU.
 
@@ -47,6 +48,7 @@ from pomlia_hpc.files import (
 from pomlia_hpc.fingerprint.encoders import get_encoder
 from pomlia_hpc.fingerprint.exclusion import (
     SEARCHABLE,
+    check_index_type,
     check_leaves_out,
     search_params,
 )
@@ -105,6 +107,7 @@ def new_index(dim: int, factory: str, metric: Metric) -> faiss.Index:
             f"index factory string '{factory}' is not valid for {dim}-dimensional vectors"
             f"{f' ({why})' if why else ''}: expected a faiss index_factory string of " + SEARCHABLE
         ) from exc
+    check_index_type(index, factory)  # before any training: the dry run's check too
     if faiss.try_extract_index_ivf(index) is None and not isinstance(index, faiss.IndexIDMap):
         index = faiss.IndexIDMap2(index)
     return index
@@ -149,7 +152,8 @@ def train_index(index: faiss.Index, sample: np.ndarray, *, use_gpu: bool | None 
     except RuntimeError as exc:  # e.g. PQ's 256 centroids per sub-vector from 82 vectors
         raise InputError(
             f"the index cannot be trained on {len(sample)} vectors ({faiss_reason(exc)}): use "
-            "a smaller one (e.g. 'PQ16x4' for 16 centroids) or the exact default"
+            "a smaller one (e.g. 'IVF16,PQ16x4': 16 lists, 16 centroids per sub-vector, or "
+            "'SQ8') or the exact default"
         ) from exc
     return "cpu"
 
@@ -546,6 +550,10 @@ def _publish(root: Path, index: faiss.Index, manifest: Manifest) -> Path:
 
 
 def _current_generation(root: Path) -> int | None:
-    """The generation ``root/current`` points to; None without a link (or a broken one)."""
-    name = (root / "current").resolve().name
-    return int(name[4:]) if name.startswith("gen-") and name[4:].isdigit() else None
+    """The generation ``root/current`` points to; None without a link, or with one to no
+    folder (its generation removed: a rebuild repairs it, so the link must move)."""
+    target = (root / "current").resolve()
+    name = target.name
+    if not target.is_dir() or not name.startswith("gen-") or not name[4:].isdigit():
+        return None
+    return int(name[4:])

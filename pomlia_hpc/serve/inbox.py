@@ -133,8 +133,11 @@ def _read_file(path: Path) -> Iterator[KeptInput]:
             yield found[0]
             pos = found[1]
             continue
-        # The next record, after this one's end where its framing held, else by its magic.
-        nxt = found[1] if found is not None else data.find(MAGIC, pos + 1)
+        # The next record: after this one's end where its lengths lead to a record (or the
+        # end), else by its magic (a damaged length may point past whole records).
+        after = found[1] if found is not None else -1
+        held = after == len(data) or data[after : after + 4] == MAGIC
+        nxt = after if after > pos and held else data.find(MAGIC, pos + 1)
         if nxt < 0 or nxt >= len(data):
             return  # nothing whole after it: a torn tail
         log.warning(
