@@ -99,8 +99,10 @@ def _performance(
         # ... of another model or version's prediction, by "model version" ...
         "labels_other_model": sum(join.other_model.values()),
         "labels_other_model_by_version": dict(join.other_model.most_common(5)),
-        # ... and replacements of labels that an earlier window tested.
+        # ... replacements of labels that an earlier window tested ...
         "labels_corrected": join.corrected,
+        # ... and labels that name no class of the model (a label_index out of its range).
+        "labels_out_of_range": join.out_of_range,
         "label_lookback_s": win.label_lookback_s,
         # The metric the performance test compared: the task's (accuracy is reported anyway);
         # None when no label was tested, as nothing was compared (it said "acc" for an AUC

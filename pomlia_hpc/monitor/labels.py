@@ -19,7 +19,11 @@ A label the window cannot test is counted, by why:
   model serving then, the prediction the model that made it), by ``model version``;
 * ``corrected``: a replacement (``"replaces": true``) of a label that arrived before the
   window, which an earlier window tested: each prediction counts once, in the window of its
-  first label (a replacement within one window just wins over the label it replaces).
+  first label (a replacement within one window just wins over the label it replaces);
+* ``out_of_range``: a label (the one that holds, of a prediction's labels) whose
+  ``label_index`` is not one of the model's classes (below 0 or at or above their number; a
+  list for a single-label model): written by something other than the server, which refuses
+  such feedback; it was scored as a wrong answer (a multi-label score even went below 0).
 """
 
 from __future__ import annotations
@@ -62,27 +66,43 @@ class _Arrival:
     first_replaces: bool
     last: LabelOrder
     label: Any
+    #: (log file name, line, label) of ``label`` when it names no class of the model.
+    out_of_range: tuple[str, int, Any] | None = None
 
 
 @dataclass
 class Arrivals:
-    """Feedback records timed inside the window, by prediction id (see the module docstring)."""
+    """Feedback records timed inside the window, by prediction id (see the module docstring).
+    ``classes``: the model's number of classes (labels of a multi-label model), which a label
+    index must be below; None: not checked."""
 
     by_prediction: dict[str, _Arrival] = field(default_factory=dict)
+    classes: int | None = None
+    multi_label: bool = False
 
-    def add(self, rec: FeedbackLine) -> None:
-        """Note one feedback record of the window (any order: files interleave)."""
-        order = LabelOrder.of(rec)
+    def add(self, rec: FeedbackLine, file: str = "", line: int = 0) -> None:
+        """Note one feedback record of the window (any order: files interleave), read at
+        ``line`` of the log file named ``file``."""
+        order, label = LabelOrder.of(rec), rec.label_index
+        bad = None if self._fits(label) else (file, line, label)
         have = self.by_prediction.get(rec.prediction_id)
         if have is None:
-            self.by_prediction[rec.prediction_id] = _Arrival(
-                order, rec.replaces, order, rec.label_index
-            )
+            self.by_prediction[rec.prediction_id] = _Arrival(order, rec.replaces, order, label, bad)
             return
         if not later_label(order, have.first):  # strictly earlier
             have.first, have.first_replaces = order, rec.replaces
         if later_label(order, have.last):  # the harvest's rule too
-            have.last, have.label = order, rec.label_index
+            have.last, have.label, have.out_of_range = order, label, bad
+
+    def _fits(self, label: int | list[int]) -> bool:
+        """Whether ``label`` is one of the model's class indices (a multi-label model's: a
+        list of them, or one)."""
+        n = self.classes
+        if n is None:
+            return True
+        if isinstance(label, int):
+            return 0 <= label < n
+        return self.multi_label and all(0 <= i < n for i in label)
 
 
 @dataclass
@@ -97,6 +117,10 @@ class LabelJoin:
     unknown: int = 0
     other_model: Counter[str] = field(default_factory=Counter)
     corrected: int = 0
+    #: Labels that name no class of the model, and where the first of them is
+    #: (``file:line: label_index 99``, the first by file name and line).
+    out_of_range: int = 0
+    out_of_range_first: str | None = None
     #: The tested labels' predicted probabilities, in the order of ``tested``; empty unless
     #: asked for (:func:`join_labels`'s ``probabilities``: an AUC task's test).
     probabilities: list[list[float]] = field(default_factory=list)
@@ -121,15 +145,21 @@ def join_labels(
     tested labels' probabilities are wanted (``LabelJoin.probabilities``)."""
     out = LabelJoin()
     pending: dict[str, _Arrival] = {}
+    bad: list[tuple[str, int, Any]] = []
     for pid, got in arrivals.by_prediction.items():
         if got.first_replaces:
             out.corrected += 1  # its first label came before the window and counted there
+        elif got.out_of_range is not None:
+            bad.append(got.out_of_range)  # not one of the model's answers: no score
         elif pid in in_window:
             out.tested.append((in_window[pid], got.label, got.last.time))
             if probabilities is not None:
                 out.probabilities.append(probabilities[pid])
         else:
             pending[pid] = got
+    if bad:
+        file, line, label = min(bad, key=lambda b: (b[0], b[1]))
+        out.out_of_range, out.out_of_range_first = len(bad), f"{file}:{line}: label_index {label}"
     if not pending:
         return out
     found = _find_predictions(folders, set(pending), since - lookback, deployment)
@@ -235,6 +265,12 @@ def label_notes(join: LabelJoin, lookback: timedelta) -> list[str]:
         notes.append(
             f"{join.corrected} label(s) replace a label that arrived before the window (an "
             "earlier window tested that prediction): not tested again"
+        )
+    if join.out_of_range:
+        notes.append(
+            f"{join.out_of_range} label(s) name no class of the model (a label_index below 0, "
+            "or at or above the number of classes): not tested, as the model can never give "
+            f"them; the first: {join.out_of_range_first}"
         )
     return notes
 

@@ -12,13 +12,15 @@ and keeps:
   most ``max_vectors`` of them (reservoir sampling; the drift tests need no more, see
   :mod:`pomlia_hpc.monitor.tests`);
 * the feedback labels that arrived in the window, joined to their predictions by
-  :mod:`pomlia_hpc.monitor.labels` (those of the window, or older ones within the look-back);
+  :mod:`pomlia_hpc.monitor.labels` (those of the window, or older ones within the look-back;
+  a label that names no class of the model is counted, not tested);
 * counts of everything it skipped, and why: records of other model versions (by version),
   records of other models (a file copied into the wrong folder), lines that are not a valid
   record (:mod:`pomlia_hpc.serve.records`: not JSON, an unknown or missing key, a mistyped
-  value; the first few are quoted with file, line and key, e.g. ``<file>:12: unknown key
-  'x'; valid keys: ...``), a torn last line (a writer that crashed mid-line), fingerprints of
-  the wrong kind or length, and refused requests by reason (``rejection`` records);
+  value, a ``time`` that is no ISO 8601 time with a UTC offset; the first few are quoted
+  with file, line and key, e.g. ``<file>:12: unknown key 'x'; valid keys: ...``), a torn
+  last line (a writer that crashed mid-line), fingerprints of the wrong kind or length, and
+  refused requests by reason (``rejection`` records);
 * records of a newer server: keys this version does not know are ignored (the record is read,
   its known keys checked as strictly as ever) and counted by name; a record of a newer major
   log format (``format`` above :data:`~pomlia_hpc.serve.records.LOG_FORMAT`) is skipped and
@@ -156,6 +158,7 @@ def read_window(
     since: datetime,
     until: datetime,
     multi_label: bool = False,
+    classes: int | None = None,
     max_vectors: int = 1000,
     seed: int = 0,
     deployment: int | None = None,
@@ -165,22 +168,22 @@ def read_window(
     """Read every log file under ``directory`` (one folder or several) for predictions of
     ``model`` at ``version`` with ``since <= time < until`` (aware datetimes), of ``deployment``
     when given, and the labels that arrived then (predictions looked up to ``label_lookback``
-    before ``since``; their probabilities too when ``keep_probabilities``): module docstring."""
+    before ``since``; their probabilities too when ``keep_probabilities``; a label whose index
+    is not one of the model's ``classes``, when given, is counted, not tested): module docstring."""
     win = LogWindow(model, version, since, until, label_lookback_s=label_lookback.total_seconds())
     lo, hi = iso(since), iso(until)
     rng = np.random.default_rng(seed)
     seen_in_window = 0  # reservoir sampling over predictions with a valid fingerprint
     pred_of: dict[str, Any] = {}  # prediction id -> predicted index, for the feedback join
     probs_of: dict[str, list[float]] | None = {} if keep_probabilities else None
-    arrivals = Arrivals()  # the labels timed inside the window
+    arrivals = Arrivals(classes=classes, multi_label=multi_label)  # labels timed in the window
     folders = [directory] if isinstance(directory, Path) else list(directory)
     win.deleted_through = missing_since(folders, since, margin_s=CLOCK_SKEW_S)
     batch = _Batch()
     chosen = files_since(folders, since)
     win.files_skipped_old = chosen.before
     for path in chosen.files:
-        fh = _open(path, win)
-        if fh is None:
+        if (fh := _open(path, win)) is None:
             continue
         batch.end(win)  # a batch never spans files (one commit, one file)
         with fh:
@@ -198,7 +201,7 @@ def read_window(
                     # when the label came (after a promotion, the new one), not the one that
                     # made the prediction; the join tells them apart.
                     if lo <= rec.time < hi and deployment in (None, rec.deployment):
-                        arrivals.add(rec)
+                        arrivals.add(rec, path.name, lineno)
                     continue
                 if rec.model != model:
                     win.other_models[rec.model] += 1
@@ -209,8 +212,7 @@ def read_window(
                 if isinstance(rec, RejectionLine):
                     _count_rejection(rec, win, lo, hi)
                     continue
-                t = rec.time
-                if not lo <= t < hi:
+                if not lo <= (t := rec.time) < hi:
                     continue
                 if rec.model_version != version:
                     win.other_versions[rec.model_version] += 1

@@ -322,6 +322,7 @@ def _read(
         since=since,
         until=until,
         multi_label=reference.task_type == "multi-label",
+        classes=len(reference.label_names) or None,
         max_vectors=max_vectors,
         seed=seed,
         deployment=target.deployment_id,

@@ -5,8 +5,11 @@ its feedback arrived inside the window (``since`` <= feedback time < ``until``) 
 was kept (``pomlia serve --keep-inputs``); of several labels of one id the latest (by
 revision, else by feedback time) holds, as in the monitor (:func:`.logfiles.later_label`).
 Counts of what was left out, and why, come back with the rows, so nothing is dropped
-without a trace (nor what the log's retention deleted: ``deleted_through``). A log line
-that is not a valid record stops the join with one error naming the file, line and key.
+without a trace (nor what the log's retention deleted: ``deleted_through``): a label whose
+index names no class (below 0; for a multi-label model, at or above its width too: a row of
+0/1 would silently drop it) is ``label_out_of_range``, a key present only when some are. A
+log line that is not a valid record stops the join with one error naming the file, line and
+key.
 """
 
 from __future__ import annotations
@@ -114,6 +117,11 @@ def labelled_inputs(
                 continue  # a correction read before the label it corrects (files interleave)
             idx = rec.label_index
             labels[rec.prediction_id] = (idx if isinstance(idx, list) else [idx], order)
+    bad = [pid for pid, (idx, _) in labels.items() if not _in_range(idx, multi_label_width)]
+    if bad:  # the latest label holds, and names no class: the image is left out
+        counts["label_out_of_range"] = len(bad)
+        for pid in bad:
+            del labels[pid]
     seen: set[str] = set()
     for kept in read_inputs(inputs_dir(log_dir), ids=labels):
         if kept.id in seen:  # an id is kept once; a copied chunk file must not count twice
@@ -133,6 +141,13 @@ def labelled_inputs(
     counts["used"] = len(out.ids)
     out.counts = counts
     return out
+
+
+def _in_range(indices: list[int], width: int | None) -> bool:
+    """Whether every label index is one of a class: at least 0 and, for a multi-label model
+    of ``width`` labels, below it (a single-label model's number of classes is not known
+    here)."""
+    return all(i >= 0 and (width is None or i < width) for i in indices)
 
 
 def _versions(log_dir: Path, ids: set[str]) -> dict[str, str]:

@@ -15,6 +15,12 @@ file, the line and the key. The monitor reads a million lines with :func:`read_l
 takes the same fast path, ignores unknown keys (returning them beside the record), and counts
 and quotes the bad lines instead of stopping.
 
+A record's ``time`` is an ISO 8601 time with a UTC offset. The server writes UTC to the
+microsecond (``2026-01-01T00:00:00.000000+00:00``), and the readers compare times as text (a
+window, an hour's count): a time of another writer with another offset or spelling
+(``...Z``, ``...+02:00``, no fraction) is read as the same instant in the server's form, and
+one that is no such time (``"yesterday"``, no offset, 30 February) makes the line a bad one.
+
 Compatibility between versions (the rule; docs/ARCHITECTURE.md, "Files other processes
 read"): a record may carry ``format``, the major version of the log format it follows, written
 only when above 1 (so no log written so far holds it). A writer that adds an optional key keeps
@@ -32,10 +38,12 @@ validates what the predictor emits against :class:`PredictionLine`.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, Self
 
 import orjson
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
 from pomlia_hpc.config import Record, problem
 
@@ -65,6 +73,40 @@ class _Line(Record):
     deployment: int | None
     #: Written only when above 1 (``LOG_FORMAT``): no record of this version carries it.
     format: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _utc_time(self) -> Self:
+        # After the keys' own checks, so that a line's mistyped key is named before its time.
+        text = self.time
+        utc = log_time(text)
+        if utc is not text:
+            object.__setattr__(self, "time", utc)  # frozen: set once, while validating
+        return self
+
+
+#: The time as the server writes it (:func:`log_time`): UTC, to the microsecond.
+_SERVER_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}\+00:00")
+
+
+def log_time(text: str) -> str:
+    """``text``, an ISO 8601 time with a UTC offset, as the server writes times (UTC, to the
+    microsecond): ``text`` itself when it is so written; a :class:`ValueError` naming the key
+    for any other text (module docstring). On every line a reader parses: a time as the server
+    writes it costs one ``datetime.fromisoformat`` and one match (measured: under 1 us of the
+    12 to 13 us a prediction line takes to parse)."""
+    try:
+        when = datetime.fromisoformat(text)
+        if when.tzinfo is None:
+            raise ValueError("no UTC offset")
+        if _SERVER_TIME.fullmatch(text) is not None:
+            return text
+        return when.astimezone(UTC).isoformat(timespec="microseconds")
+    except (ValueError, OverflowError):  # OverflowError: year 1 or 9999 moved to UTC
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise ValueError(
+            "bad value for 'time': expected an ISO 8601 time with a UTC offset, such as "
+            f"2026-01-01T00:00:00.000000+00:00 (got {shown!r})"
+        ) from None
 
 
 class PredictionLine(_Line):
@@ -229,8 +271,8 @@ def _without_unknown_keys(
     unknown = _drop_unknown(data, [e["loc"][1:] for e in errors])
     try:
         rec = _LINE.validate_python(data, strict=True)
-    except ValidationError:  # not expected: only the keys it refused were taken out
-        raise BadLineError(raw) from None
+    except ValidationError:  # a bad time: checked only once the keys are all valid
+        raise BadLineError(raw, unknown_keys_ok=True) from None
     return rec, unknown
 
 
