@@ -340,6 +340,13 @@ def test_bad_targets_and_options_are_one_clear_message(
             ["schedule", "blood", "--every", "1d", "--window", "0m"],
             "--window '0m' is not valid; expected a duration",
         ),
+        # Past timedelta's or datetime's range: OverflowError tracebacks, exit 70.
+        (["run", "blood", "--window", "800000d"], "at most 365000d: a number and a unit"),
+        (["schedule", "blood", "--every", "99999999999d"], "--every '99999999999d' is not"),
+        (
+            ["run", "blood", "--since", "0001-01-01T00:00", "--settle", "5m"],
+            "the window (--since / --until / --window / --settle) reaches before year 1",
+        ),
         (["show", "4242"], "monitor report 4242 is not in the registry"),  # exit 4
         (["history", "nope"], "model 'nope' not found; known:"),  # exit 4
         # An empty table (0) or every report (-1), where `runs list` refuses both.

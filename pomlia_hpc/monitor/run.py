@@ -63,16 +63,22 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 Progress = Callable[[str], None]
 
 
+#: The longest duration an option takes (1,000 years, in seconds): windows, schedules and
+#: settle times are far shorter, and the dates around them must stay within years 1-9999.
+MAX_DURATION_S = 1000 * 365 * 86400.0
+
+
 def parse_duration(text: str, flag: str = "--window") -> timedelta:
     """``"90s"``, ``"30m"``, ``"24h"``, ``"7d"``, ``"2w"`` → timedelta. ``flag``: the option
     the text came from, named in the error (the user knows the flag, not this function)."""
     m = _DURATION.match(text)
-    if not m or float(m.group(1)) <= 0:
+    seconds = float(m.group(1)) * _UNITS[m.group(2)] if m else 0.0
+    if not 0 < seconds <= MAX_DURATION_S:  # past it, timedelta overflowed: a traceback
         raise InputError(
-            f"{flag} '{text}' is not valid; expected a duration above zero: a number and a "
-            "unit s, m, h, d or w (e.g. 24h)"
+            f"{flag} '{text}' is not valid; expected a duration above zero and at most "
+            f"{MAX_DURATION_S // 86400:.0f}d: a number and a unit s, m, h, d or w (e.g. 24h)"
         )
-    return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    return timedelta(seconds=seconds)
 
 
 def parse_time(text: str, what: str) -> datetime:
@@ -366,8 +372,14 @@ def monitor_run(
     # replica whose clock is behind, a slow disk): it fell between two windows. Ending every
     # window ``settle`` before the run's time (the previous run's end moved alike, so windows
     # still tile) leaves such a record that long to arrive.
-    until = (until or datetime.now(UTC)) - settle
-    since = since - settle if since is not None else until - window
+    try:
+        until = (until or datetime.now(UTC)) - settle
+        since = since - settle if since is not None else until - window
+    except OverflowError:  # e.g. --since 0001-01-01 less a settle time, 900 years of window
+        raise InputError(
+            f"the window (--since / --until / --window / --settle) reaches before year 1 "
+            f"from {end}: expected a window within years 1 to 9999"
+        ) from None
     if since >= until:
         raise InputError(
             f"window start {since.isoformat(timespec='seconds')} (--since, or --until minus "
