@@ -76,18 +76,18 @@ def test_system_and_other_files_are_skipped_and_named(workspace: Workspace, tmp_
         (root / "benign" / name).write_bytes(b"\0\1")
     (root / "benign" / "notes.txt").write_text("hello")
     (root / "malignant" / "labels.csv").write_text("a,b")
-    (root / "README.md").write_text("# data")
+    (root / "[readme].md").write_text("# data")  # no markup: "[readme]" vanished
     text = _flat(cli_ok("data", "add", "s", str(root)))
     assert "splits: train 6, val 2, test 2" in text
     assert (
-        "warning: skipped 3 file(s) that are not images: 'README.md', 'benign/notes.txt', "
+        "warning: skipped 3 file(s) that are not images: '[readme].md', 'benign/notes.txt', "
         "'malignant/labels.csv'" in text
     )
     assert "Thumbs" not in text and "desktop" not in text and "._img0" not in text
     skipped = _meta("s")["source"]["skipped_other_files"]  # type: ignore[index]
     assert skipped == {
         "count": 3,
-        "files": ["README.md", "benign/notes.txt", "malignant/labels.csv"],
+        "files": ["[readme].md", "benign/notes.txt", "malignant/labels.csv"],
     }
 
 

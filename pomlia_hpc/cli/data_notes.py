@@ -179,7 +179,7 @@ def _print_notes(meta: dict[str, Any]) -> None:
         err_console.print(
             "[yellow]warning:[/] fewer than 2 classes have training images: `pomlia task add` "
             "refuses this version (a classification task needs at least 2)"
-            + _one_class_layout(meta.get("source") or {})
+            + escape(_one_class_layout(meta.get("source") or {}))
         )
     print_folder_notes(meta.get("source") or {})
     print_skipped_files(meta.get("source") or {})

@@ -17,8 +17,8 @@ def print_folder_notes(source: dict[str, Any]) -> None:
     named = source.get("split_named_classes") or []
     if named:
         err_console.print(
-            f"[yellow]note:[/] class folder(s) {', '.join(repr(c) for c in named)} named like a "
-            "split folder: treated as a class; a split layout needs a train/ folder"
+            f"[yellow]note:[/] class folder(s) {escape(', '.join(repr(c) for c in named))} named "
+            "like a split folder: treated as a class; a split layout needs a train/ folder"
         )
     for split, folder in (source.get("empty_split_folders") or {}).items():
         carved = source.get(f"{split}_fraction")
@@ -28,7 +28,8 @@ def print_folder_notes(source: dict[str, Any]) -> None:
             else f"--{split}-fraction F carves it from train"
         )
         err_console.print(
-            f"[yellow]note:[/] split folder '{folder}' holds no file: taken as missing ({how})"
+            f"[yellow]note:[/] split folder '{escape(str(folder))}' holds no file: taken as "
+            f"missing ({how})"
         )
 
 
@@ -46,7 +47,7 @@ def print_skipped_files(source: dict[str, Any]) -> None:
             more = int(skipped["count"]) - len(names)
             err_console.print(
                 f"[yellow]warning:[/] skipped {skipped['count']} {what}: "
-                + ", ".join(f"'{n}'" for n in names)
+                + escape(", ".join(f"'{n}'" for n in names))
                 + (f" and {more} more (`data show` lists up to 20)" if more > 0 else "")
             )
     unreadable = source.get("skipped_unreadable") or {}

@@ -52,15 +52,15 @@ def task_add(
         console.print(f"[yellow]warning:[/] dataset {ref}: {escape(warning)}")
     left_out = classes_left_out(version.meta, row.metric)
     if left_out:
-        console.print(f"[yellow]warning:[/] dataset {ref}: {left_out}")
+        console.print(f"[yellow]warning:[/] dataset {ref}: {escape(left_out)}")
     one_class = one_class_splits(version.meta, row.metric)
     if one_class:
-        console.print(f"[yellow]warning:[/] dataset {ref}: {one_class}")
+        console.print(f"[yellow]warning:[/] dataset {ref}: {escape(one_class)}")
     undefined = undefined_on_test(version.meta, row.metric)
     if undefined:
         console.print(
-            f"[yellow]warning:[/] dataset {ref}: {undefined} (AutoML picks its trials by val; "
-            f"their test {row.metric} will read n/a)"
+            f"[yellow]warning:[/] dataset {ref}: {escape(undefined)} (AutoML picks its trials "
+            f"by val; their test {row.metric} will read n/a)"
         )
 
 
