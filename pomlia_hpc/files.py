@@ -79,8 +79,10 @@ def atomic_target(path: str | Path, *, fsync: bool = True, suffix: str = "") -> 
     ``path`` and the folder flushed; otherwise it is removed. Creates the folder, and flushes
     the entries of the folders it made too (:func:`fsync_made_dirs`). ``fsync=False`` skips
     the flushes (files that are cheap to make again); ``suffix`` as for :func:`temp_name`.
-    A ``path`` that is a device, pipe or socket (or a link to one) is refused: the rename would
-    replace it with a regular file (as root, ``/dev/full`` or ``/dev/null``)."""
+    A ``path`` that is a device, pipe or socket is refused: the rename would replace it with a
+    regular file (as root, ``/dev/full`` or ``/dev/null``). A link to one is refused too: the
+    rename would replace the link, not write where it leads (``/dev/stdout``), which is not
+    what the user asked for either."""
     path = Path(path)
     if _special_file(path):
         raise InputError(
