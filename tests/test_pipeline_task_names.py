@@ -20,11 +20,11 @@ from tests.fixtures.cli import pomlia_main
 from tests.fixtures.factories import tiny_npz
 
 
-def _file(tmp_path: Path, metric: str) -> Path:
+def _file(tmp_path: Path, metric: str, task: str = "t") -> Path:
     data = {
         "name": "p",
         "datasets": [{"name": "a", "file": "a.npz"}],
-        "tasks": [{"name": "t", "dataset": "a", "metric": metric}],
+        "tasks": [{"name": task, "dataset": "a", "metric": metric}],
     }
     file = tmp_path / "p.yaml"
     file.write_text(yaml.safe_dump(data))
@@ -83,3 +83,26 @@ def test_names_all_taken_by_other_metrics_are_refused_in_one_line(
     assert code == 2 and "Traceback" not in err, (code, err)
     assert f"'t', 't-{suffix}', 't-{suffix}-f1_macro' are all tasks of another" in said, said
     assert _metric_of(reg, f"t-{suffix}-f1_macro") == "acc"  # nothing of the user's changed
+
+
+def test_the_names_of_a_long_task_stay_valid_names(
+    workspace: Workspace,
+    reg: Registry,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A task name of 64 characters (the file allows it) plus `-<version>-<metric>` was
+    refused by the task registry, naming a name the user never wrote."""
+    tiny_npz(tmp_path / "a.npz")
+    long = "t" * 64
+    names = []
+    for metric in ("acc", "f1_macro", "auc"):
+        file = _file(tmp_path, metric, long)
+        code, _out, err = pomlia_main(monkeypatch, capsys, "pipeline", "run", str(file))
+        assert code == 0, err
+        names.append(
+            StageContext(load_pipeline(file), workspace, reg).outputs("tasks")[long]["task"]
+        )
+    assert names[0] == long and len(set(names)) == 3
+    assert all(len(n) <= 64 for n in names), names

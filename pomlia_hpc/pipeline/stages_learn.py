@@ -46,13 +46,19 @@ def _run_tasks(ctx: StageContext) -> dict[str, Any]:
     return out
 
 
+#: The longest task name (:func:`pomlia_hpc.names.validate_name`'s default).
+MAX_TASK_NAME = 64
+
+
 def _task_name(ctx: StageContext, name: str, version_id: int, metric: str, version: str) -> str:
     """``name``, unless a task of that name exists for another dataset version or metric:
     then ``name-<version>`` (a new dataset version is a new task; its runs stay apart), and
     ``name-<version>-<metric>`` when that one is another metric's. The first that is free or
     is this task already; a name that was never this pipeline's may be taken by a task of the
     user's own: then an error, rather than runs of the wrong metric or data."""
-    tried = [name, f"{name}-{version[:8]}", f"{name}-{version[:8]}-{metric}"]
+    # A long name is cut short before its suffix: each candidate stays a valid task name.
+    suffixes = ("", f"-{version[:8]}", f"-{version[:8]}-{metric}")
+    tried = [name[: MAX_TASK_NAME - len(sfx)] + sfx for sfx in suffixes]
     with ctx.registry.session() as s:
         for candidate in tried:
             row = s.scalar(select(Task).where(Task.name == candidate))
