@@ -21,17 +21,21 @@ SECRET = "POMLIA_TEST_SUBMISSION_SECRET"
 
 
 class _SlowToPickle:
-    """An argument whose pickling, inside its submission, waits until ``first`` has ended and
-    the feeder thread has had a second to start the next task of its array."""
+    """An argument whose pickling, inside its submission, waits until the first task of an
+    array has ended and then until the feeder thread has submitted the second (without the
+    submissions taking turns: within a tenth of a second), or for 5 s (taking turns, the
+    feeder waits for this submission, so the second is never submitted meanwhile)."""
 
-    def __init__(self, first: JobHandle) -> None:
-        self.first = first
+    def __init__(self, first: JobHandle, second: JobHandle) -> None:
+        self.first, self.second = first, second
 
     def __reduce__(self) -> tuple[Any, ...]:
         deadline = time.monotonic() + 120
         while not self.first.done() and time.monotonic() < deadline:
             time.sleep(0.05)
-        time.sleep(1.0)  # the feeder looks every 0.1 s
+        deadline = time.monotonic() + 5
+        while not self.second.submitted and time.monotonic() < deadline:
+            time.sleep(0.05)
         return (str, ("pickled",))
 
 
@@ -40,7 +44,7 @@ def test_an_array_task_started_during_another_submission_does_not_get_its_env(
 ) -> None:
     ex = Executor.from_profile("local", tmp_path / "jobs", reg, max_parallel=1)
     tasks = ex.map_array(os.getenv, [SECRET, SECRET])  # the second waits for the first
-    job = ex.submit(str, _SlowToPickle(tasks[0]), env={SECRET: "s3cret"})
+    job = ex.submit(str, _SlowToPickle(*tasks), env={SECRET: "s3cret"})
     assert job.result() == "pickled"
     assert [t.result() for t in tasks] == [None, None]
     assert SECRET not in os.environ
