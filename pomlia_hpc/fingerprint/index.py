@@ -68,6 +68,7 @@ from pomlia_hpc.fingerprint.usable import (
     Usable,
     extract_command,
     left_out_note,
+    patch_extract_command,
     unrecorded,
     usable_sets,
 )
@@ -293,7 +294,7 @@ def _with_patches(
         if "patches" in zarr.open_group(fs.embeddings_path, mode="r"):
             kept.append((fs, ref))
         else:
-            run = f"{extract_command(ref, encoder)} --force --patch-grid 2"
+            run = patch_extract_command(ref, encoder)
             without.append(
                 LeftOut(ref, "extracted without --patch-grid", run, fs.dataset_version_id, fs.id)
             )
@@ -415,7 +416,11 @@ def build_index(
         index, manifest = current.index, current.manifest
         new = [sid for sid in entries if sid not in manifest.sets]
         # A new nprobe alone is a new generation too (it was dropped on an up-to-date index).
-        nprobe_set = nprobe is not None and nprobe != manifest.nprobe
+        nprobe_set = (  # an exact index visits no lists: nothing to record for it
+            nprobe is not None
+            and nprobe != manifest.nprobe
+            and faiss.try_extract_index_ivf(index) is not None
+        )
         if not new and not nprobe_set:
             return BuildResult(
                 current.path,

@@ -38,7 +38,13 @@ from pomlia_hpc.fingerprint.candidates import (
 from pomlia_hpc.fingerprint.encoders import get_encoder
 from pomlia_hpc.fingerprint.ranking import DEFAULT_DISTANCE, check_distance, fields_for, score
 from pomlia_hpc.fingerprint.summary import Summary, compute_summary, read_summary
-from pomlia_hpc.fingerprint.usable import LeftOut, Unrecorded, extract_command, unrecorded
+from pomlia_hpc.fingerprint.usable import (
+    LeftOut,
+    Unrecorded,
+    extract_command,
+    patch_extract_command,
+    unrecorded,
+)
 from pomlia_hpc.registry import FingerprintSet, Registry
 
 
@@ -190,26 +196,23 @@ def _with_patches(
     in a note (one data set extracted without ``--patch-grid`` refused the whole comparison,
     naming none). The query must have them."""
 
-    def fix(ref: str) -> str:
-        return extract_command(ref, encoder) + " --force --patch-grid 2"
-
     if query.patches is None:
         raise InputError(
             f"'{full}' has no patch embeddings: expected an extraction with --patch-grid > 1 "
-            f"to compare patches (`{fix(full.split('@')[0])}`)"
+            f"to compare patches (`{patch_extract_command(full.split('@')[0], encoder)}`)"
         )
     keep = [i for i, sm in enumerate(summaries) if sm.patches is not None]
-    missing = [others[i][1] for i in range(len(others)) if i not in set(keep)]
+    missing = [ref for (_fs, ref), sm in zip(others, summaries, strict=True) if sm.patches is None]
     if not keep:
         raise NotFoundError(
             f"nothing to compare '{full}' with by patches: no other dataset has patch "
             f"embeddings under encoder '{encoder}' ({', '.join(missing)} have none)",
-            hint=f"`{fix('DATASET')}` for each",
+            hint=f"`{patch_extract_command('DATASET', encoder)}` for each",
         )
     if missing and notes_out is not None:
         notes_out.append(
             f"not compared by patches (extracted without --patch-grid): {', '.join(missing)}; "
-            f"`{fix('DATASET')}` for each"
+            f"`{patch_extract_command('DATASET', encoder)}` for each"
         )
     return [others[i] for i in keep], [summaries[i] for i in keep]
 

@@ -215,6 +215,11 @@ def extract_command(ref: str, encoder: str) -> str:
     return f"pomlia fingerprint extract {shlex.quote(ref)} -e {shlex.quote(encoder)}"
 
 
+def patch_extract_command(ref: str, encoder: str) -> str:
+    """The command that embeds dataset ``ref`` again, with patches (``--patch-grid 2``)."""
+    return f"{extract_command(ref, encoder)} --force --patch-grid 2"
+
+
 def index_build_command(encoder: str) -> str:
     """The command that brings ``encoder``'s index up to date with its usable sets."""
     return f"pomlia index build -e {shlex.quote(encoder)}"

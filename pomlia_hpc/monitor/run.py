@@ -81,6 +81,33 @@ def parse_duration(text: str, flag: str = "--window") -> timedelta:
     return timedelta(seconds=seconds)
 
 
+def _window(
+    since: datetime | None, until: datetime | None, window: timedelta, settle: timedelta
+) -> tuple[datetime, datetime]:
+    """The window [since, until) a run tests: ``until`` (default now) and ``since`` (default
+    ``until - window``) both moved ``settle`` earlier. A record timed just before the
+    window's end can reach the log after the run read it (a replica whose clock is behind, a
+    slow disk): it fell between two windows. Ending every window ``settle`` before the run's
+    time (the previous run's end moved alike, so windows still tile) leaves such a record
+    that long to arrive."""
+    end = "--until" if until is not None else "now"
+    try:
+        until = (until or datetime.now(UTC)) - settle
+        since = since - settle if since is not None else until - window
+    except OverflowError:  # e.g. --since 0001-01-01 less a settle time, 900 years of window
+        raise InputError(
+            f"the window (--since / --until / --window / --settle) reaches before year 1 "
+            f"from {end}: expected a window within years 1 to 9999"
+        ) from None
+    if since >= until:
+        raise InputError(
+            f"window start {since.isoformat(timespec='seconds')} (--since, or --until minus "
+            f"--window) is not before its end {until.isoformat(timespec='seconds')} ({end}): "
+            "expected a start before the end"
+        )
+    return since, until
+
+
 def parse_time(text: str, what: str) -> datetime:
     """ISO 8601 date or time (a time without zone is UTC)."""
     try:
@@ -367,25 +394,7 @@ def monitor_run(
     from pomlia_hpc.monitor.html import render_html
 
     check_levels(alpha, n_perm)
-    end = "--until" if until is not None else "now"
-    # A record timed just before the window's end can reach the log after the run read it (a
-    # replica whose clock is behind, a slow disk): it fell between two windows. Ending every
-    # window ``settle`` before the run's time (the previous run's end moved alike, so windows
-    # still tile) leaves such a record that long to arrive.
-    try:
-        until = (until or datetime.now(UTC)) - settle
-        since = since - settle if since is not None else until - window
-    except OverflowError:  # e.g. --since 0001-01-01 less a settle time, 900 years of window
-        raise InputError(
-            f"the window (--since / --until / --window / --settle) reaches before year 1 "
-            f"from {end}: expected a window within years 1 to 9999"
-        ) from None
-    if since >= until:
-        raise InputError(
-            f"window start {since.isoformat(timespec='seconds')} (--since, or --until minus "
-            f"--window) is not before its end {until.isoformat(timespec='seconds')} ({end}): "
-            "expected a start before the end"
-        )
+    since, until = _window(since, until, window, settle)
     target = resolve_target(registry, ref)
     if target.slot is not None:
         progress(f"slot '{target.slot}' serves model '{target.model.name}': monitoring that model")
