@@ -23,7 +23,7 @@ SECRET = "POMLIA_TEST_SUBMISSION_SECRET"
 class _SlowToPickle:
     """An argument whose pickling, inside its submission, waits until the first task of an
     array has ended and then until the feeder thread has submitted the second (without the
-    submissions taking turns: within a tenth of a second), or for 5 s (taking turns, the
+    submissions taking turns: within a tenth of a second), or for 3 s (taking turns, the
     feeder waits for this submission, so the second is never submitted meanwhile)."""
 
     def __init__(self, first: JobHandle, second: JobHandle) -> None:
@@ -33,7 +33,7 @@ class _SlowToPickle:
         deadline = time.monotonic() + 120
         while not self.first.done() and time.monotonic() < deadline:
             time.sleep(0.05)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 3
         while not self.second.submitted and time.monotonic() < deadline:
             time.sleep(0.05)
         return (str, ("pickled",))
