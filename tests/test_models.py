@@ -30,6 +30,17 @@ from tests.fixtures.factories import row_task
 REPO = Path(__file__).resolve().parents[1]
 
 
+#: The meta of a 2-class small CNN checkpoint, as save_classifier writes it.
+SMALL_CNN_META = {
+    "arch": "small_cnn",
+    "num_classes": 2,
+    "in_channels": 3,
+    "image_size": 28,
+    "task_type": "binary",
+    "label_names": ["a", "b"],
+}
+
+
 def _modules_after_import(*modules: str) -> set[str]:
     """The names in ``sys.modules`` of a fresh interpreter after importing ``modules``."""
     code = (
@@ -271,14 +282,7 @@ def test_a_checkpoint_without_its_weights_is_one_line(tmp_path: Path, weights: o
 
     from pomlia_hpc.models.checkpoint import FORMAT, load_classifier, write_torch
 
-    meta = {
-        "arch": "small_cnn",
-        "num_classes": 2,
-        "in_channels": 3,
-        "image_size": 28,
-        "task_type": "binary",
-        "label_names": ["a", "b"],
-    }
+    meta = dict(SMALL_CNN_META)
     payload = {"format": FORMAT, "meta": meta}
     if weights is not None:
         payload["state_dict"] = weights
@@ -296,14 +300,7 @@ def test_weights_of_another_network_are_one_line(tmp_path: Path) -> None:
     from pomlia_hpc.models.checkpoint import FORMAT, load_classifier, write_torch
     from pomlia_hpc.models.nets import build_classifier
 
-    meta = {
-        "arch": "small_cnn",
-        "num_classes": 2,
-        "in_channels": 3,
-        "image_size": 28,
-        "task_type": "binary",
-        "label_names": ["a", "b"],
-    }
+    meta = dict(SMALL_CNN_META)
     weights = build_classifier("small_cnn", 3, 3).state_dict()  # 3 classes, not 2
     del weights["features.0.weight"]
     weights["extra.bias"] = torch.zeros(1)
@@ -332,14 +329,7 @@ def test_register_refuses_a_checkpoint_that_does_not_load_and_copies_nothing(
     from pomlia_hpc.models.nets import build_classifier
     from tests.fixtures.cli import refused
 
-    meta = {
-        "arch": "small_cnn",
-        "num_classes": 2,
-        "in_channels": 3,
-        "image_size": 28,
-        "task_type": "binary",
-        "label_names": ["a", "b"],
-    }
+    meta = dict(SMALL_CNN_META)
     weights = build_classifier("small_cnn", 2, 3).state_dict()
     cases = {
         "arch.pt": ({**meta, "arch": "nosuch"}, weights, "arch.pt: unknown architecture 'nosuch'"),
