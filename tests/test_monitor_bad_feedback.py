@@ -142,9 +142,9 @@ def test_multi_label_indices_past_the_labels_are_counted_whichever_label_holds(
     assert win.labels.out_of_range_first == "a.jsonl:7: label_index [0, 7]"
 
 
-def kept_with_labels(folder: Path, given: list[list[int]]) -> list[str]:
+def kept_with_labels(folder: Path, given: list[int | list[int]]) -> list[str]:
     """A log in ``folder`` of one prediction with a kept input per label of ``given``, and
-    its multi-label feedback; the predictions' ids."""
+    its feedback (a list: multi-label); the predictions' ids."""
     plog = PredictionLog(folder, sidecar=Inbox(inputs_dir(folder)), fsync=False)
     now = datetime.now(UTC).isoformat(timespec="microseconds")
     ids = [f"{i:032x}" for i in range(len(given))]
@@ -172,6 +172,15 @@ def test_the_harvest_counts_multi_label_indices_past_the_width(tmp_path: Path) -
     # None out of range: no key, so a harvest's provenance (and its hash) stays as it was.
     kept_with_labels(tmp_path / "b", [[0, 2], [1]])
     assert "label_out_of_range" not in labelled_inputs(tmp_path / "b", multi_label_width=3).counts
+
+
+def test_the_harvest_counts_single_label_indices_past_the_classes(tmp_path: Path) -> None:
+    """A single-label model's number of classes was not known to the join: an index of 99
+    for a 3-class model went into the data set as a class it does not have."""
+    ids = kept_with_labels(tmp_path / "a", [1, 99, 3, 2])
+    got = labelled_inputs(tmp_path / "a", n_classes=3)
+    assert got.ids == [ids[0], ids[3]] and got.labels == [[1], [2]]
+    assert got.counts["label_out_of_range"] == 2
 
 
 def test_a_malformed_time_is_a_corrupt_line_quoted_with_its_key(fresh: MonitorEnv) -> None:

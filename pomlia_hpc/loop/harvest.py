@@ -122,7 +122,11 @@ def harvest(
         )
     multi = str(parent.meta.get("task_type", "")).startswith("multi-label")
     got = labelled_inputs(
-        logs, since=since, until=until, multi_label_width=len(classes) if multi else None
+        logs,
+        since=since,
+        until=until,
+        multi_label_width=len(classes) if multi else None,
+        n_classes=len(classes) or None,
     )
     gone = retention_warning(got)
     if len(got) == 0:

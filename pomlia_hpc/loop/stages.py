@@ -175,8 +175,11 @@ def harvest_stage(ctx: LoopContext) -> StageOutput:
     since, until = _when(ctx.params.get("since")), _when(ctx.params["until"])
     parent, _ = training_version(ctx.registry, champion_model(ctx))
     multi = str(parent.meta.get("task_type", "")).startswith("multi-label")
-    width = int(parent.meta.get("n_classes", 0)) if multi else None
-    got = labelled_inputs(logs, since=since, until=until, multi_label_width=width)
+    classes = int(parent.meta.get("n_classes", 0)) or None
+    width = classes if multi else None
+    got = labelled_inputs(
+        logs, since=since, until=until, multi_label_width=width, n_classes=classes
+    )
     gone = retention_warning(got)
     if len(got) < cfg.min_labels:
         raise LoopError(

@@ -6,10 +6,11 @@ was kept (``pomlia serve --keep-inputs``); of several labels of one id the lates
 revision, else by feedback time) holds, as in the monitor (:func:`.logfiles.later_label`).
 Counts of what was left out, and why, come back with the rows, so nothing is dropped
 without a trace (nor what the log's retention deleted: ``deleted_through``): a label whose
-index names no class (below 0; for a multi-label model, at or above its width too: a row of
-0/1 would silently drop it) is ``label_out_of_range``, a key present only when some are. A
-log line that is not a valid record stops the join with one error naming the file, line and
-key.
+index names no class (below 0, or at or above the model's classes or labels when the caller
+gives them: a multi-label row of 0/1 would silently drop it, a single-label one would be
+harvested with a class the data set does not have) is ``label_out_of_range``, a key present
+only when some are. A log line that is not a valid record stops the join with one error
+naming the file, line and key.
 """
 
 from __future__ import annotations
@@ -88,9 +89,11 @@ def labelled_inputs(
     since: datetime | None = None,
     until: datetime | None = None,
     multi_label_width: int | None = None,
+    n_classes: int | None = None,
 ) -> LabelledInputs:
     """Join the feedback under ``log_dir`` with the inputs kept there (see module docstring).
     ``multi_label_width``: for multi-label models, the label list becomes a 0/1 row.
+    ``n_classes``: a single-label model's classes; a label index at or above it names none.
 
     Reads what the window needs, not the whole log (a day's harvest read a month's 1 GB
     twice: 58 s): feedback only in files last written at or after ``since`` (less the clock
@@ -117,7 +120,8 @@ def labelled_inputs(
                 continue  # a correction read before the label it corrects (files interleave)
             idx = rec.label_index
             labels[rec.prediction_id] = (idx if isinstance(idx, list) else [idx], order)
-    bad = [pid for pid, (idx, _) in labels.items() if not _in_range(idx, multi_label_width)]
+    width = multi_label_width if multi_label_width is not None else n_classes
+    bad = [pid for pid, (idx, _) in labels.items() if not _in_range(idx, width)]
     if bad:  # the latest label holds, and names no class: the image is left out
         counts["label_out_of_range"] = len(bad)
         for pid in bad:
@@ -144,9 +148,8 @@ def labelled_inputs(
 
 
 def _in_range(indices: list[int], width: int | None) -> bool:
-    """Whether every label index is one of a class: at least 0 and, for a multi-label model
-    of ``width`` labels, below it (a single-label model's number of classes is not known
-    here)."""
+    """Whether every label index is one of a class: at least 0 and below ``width`` (the
+    model's labels or classes; None: not known, only negative indices name none)."""
     return all(i >= 0 and (width is None or i < width) for i in indices)
 
 
