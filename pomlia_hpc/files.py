@@ -84,7 +84,7 @@ def atomic_target(path: str | Path, *, fsync: bool = True, suffix: str = "") -> 
     rename would replace the link, not write where it leads (``/dev/stdout``), which is not
     what the user asked for either."""
     path = Path(path)
-    if _special_file(path):
+    if is_special_file(path):
         raise InputError(
             f"{path} is not a regular file (a device, pipe or socket): expected the path of a "
             "file to write; it was left as it is"
@@ -108,7 +108,7 @@ def atomic_target(path: str | Path, *, fsync: bool = True, suffix: str = "") -> 
         fsync_made_dirs(made)
 
 
-def _special_file(path: Path) -> bool:
+def is_special_file(path: Path) -> bool:
     """Whether ``path`` (or what its link points to) is a device, pipe or socket: one stat."""
     try:
         mode = path.stat().st_mode

@@ -5,6 +5,7 @@ the pipeline reported the file's)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -38,20 +39,35 @@ def _metric_of(reg: Registry, name: str) -> str:
     return metric
 
 
-def test_each_metric_of_a_task_gets_a_task_of_that_metric(
+@pytest.fixture
+def run_tasks(
     workspace: Workspace,
     reg: Registry,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
-) -> None:
+) -> Callable[..., tuple[int, str, dict[str, str]]]:
+    """`pipeline run` of a file with data set `a` and one task of ``metric``: (exit status,
+    stderr, the `tasks` stage's output for the task; empty when the run failed)."""
     tiny_npz(tmp_path / "a.npz")
+
+    def run(metric: str, task: str = "t") -> tuple[int, str, dict[str, str]]:
+        file = _file(tmp_path, metric, task)
+        code, _out, err = pomlia_main(monkeypatch, capsys, "pipeline", "run", str(file))
+        if code != 0:
+            return code, err, {}
+        return code, err, StageContext(load_pipeline(file), workspace, reg).outputs("tasks")[task]
+
+    return run
+
+
+def test_each_metric_of_a_task_gets_a_task_of_that_metric(
+    reg: Registry, run_tasks: Callable[..., tuple[int, str, dict[str, str]]]
+) -> None:
     names = []
     for metric in ("acc", "f1_macro", "auc", "acc"):
-        file = _file(tmp_path, metric)
-        code, _out, err = pomlia_main(monkeypatch, capsys, "pipeline", "run", str(file))
+        code, err, task = run_tasks(metric)
         assert code == 0, err
-        task = StageContext(load_pipeline(file), workspace, reg).outputs("tasks")["t"]
         assert task["metric"] == metric
         assert _metric_of(reg, task["task"]) == metric, (metric, task)
         names.append(task["task"])
@@ -60,25 +76,15 @@ def test_each_metric_of_a_task_gets_a_task_of_that_metric(
 
 
 def test_names_all_taken_by_other_metrics_are_refused_in_one_line(
-    workspace: Workspace,
-    reg: Registry,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    reg: Registry, run_tasks: Callable[..., tuple[int, str, dict[str, str]]]
 ) -> None:
-    tiny_npz(tmp_path / "a.npz")
-    code, _out, err = pomlia_main(
-        monkeypatch, capsys, "pipeline", "run", str(_file(tmp_path, "acc"))
-    )
+    code, err, task = run_tasks("acc")
     assert code == 0, err
-    version = StageContext(load_pipeline(_file(tmp_path, "acc")), workspace, reg).outputs("tasks")[
-        "t"
-    ]["dataset"]
+    version = task["dataset"]
     suffix = version.partition("@")[2][:8]
     add_task(reg, f"t-{suffix}", version, "acc")  # a user's own tasks, of another metric
     add_task(reg, f"t-{suffix}-f1_macro", version, "acc")
-    file = _file(tmp_path, "f1_macro")
-    code, _out, err = pomlia_main(monkeypatch, capsys, "pipeline", "run", str(file))
+    code, err, _task = run_tasks("f1_macro")
     said = " ".join(err.split())
     assert code == 2 and "Traceback" not in err, (code, err)
     assert f"'t', 't-{suffix}', 't-{suffix}-f1_macro' are all tasks of another" in said, said
@@ -86,23 +92,15 @@ def test_names_all_taken_by_other_metrics_are_refused_in_one_line(
 
 
 def test_the_names_of_a_long_task_stay_valid_names(
-    workspace: Workspace,
-    reg: Registry,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    run_tasks: Callable[..., tuple[int, str, dict[str, str]]],
 ) -> None:
     """A task name of 64 characters (the file allows it) plus `-<version>-<metric>` was
     refused by the task registry, naming a name the user never wrote."""
-    tiny_npz(tmp_path / "a.npz")
     long = "t" * 64
     names = []
     for metric in ("acc", "f1_macro", "auc"):
-        file = _file(tmp_path, metric, long)
-        code, _out, err = pomlia_main(monkeypatch, capsys, "pipeline", "run", str(file))
+        code, err, task = run_tasks(metric, long)
         assert code == 0, err
-        names.append(
-            StageContext(load_pipeline(file), workspace, reg).outputs("tasks")[long]["task"]
-        )
+        names.append(task["task"])
     assert names[0] == long and len(set(names)) == 3
     assert all(len(n) <= 64 for n in names), names

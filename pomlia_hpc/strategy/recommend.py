@@ -31,6 +31,7 @@ from pomlia_hpc.automl.records import json_safe
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.files import (
     atomic_target,
+    is_special_file,
     make_dirs,
     probe_writable,
     remove_made_dirs,
@@ -450,9 +451,7 @@ def check_initial_target(path: str | Path) -> None:
         raise InputError(
             f"--write-initial {path} is a folder: expected the path of a JSON file to write"
         )
-    if path.exists() and not path.is_file():
-        # The file is written beside it and renamed into place, which would replace a
-        # device or a pipe (`/dev/stdout`) with a regular file, not write into it.
+    if is_special_file(path):  # said here, with the option, before anything is recorded
         raise InputError(
             f"--write-initial {path} is not a regular file (a device, pipe or socket): "
             "expected the path of a JSON file to write"
