@@ -3,6 +3,8 @@ version, the fixed and production test ranges recorded, the same inputs give the
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -193,3 +195,35 @@ def test_harvest_cli_says_what_it_skipped_and_replaced(
     text = " ".join(res.output.split())
     assert "skipped 19 image(s) already in the parent with the same label" in text
     assert "replaced 1 image(s) of the parent with a corrected label" in text and ids[0] in text
+
+
+def test_a_damaged_kept_input_is_one_warning_line_of_the_command(
+    tmp_path: Path, workspace: Workspace, reg: Registry
+) -> None:
+    """A library's log warning (here the inbox reader's) printed through Python's fallback
+    handler as the bare message, which read like the command's output; the command's own
+    process (not CliRunner, where pytest's log capture takes it) shows the line as printed."""
+    a = tiny_arrays("bloodmnist", sizes=(8, 8, 8), seed=1)
+    a = {k: v % len(CLASSES) if k.endswith("labels") else v for k, v in a.items()}
+    base = ingest(workspace, reg, "d", write_npz(tmp_path / "d.npz", a), class_names=CLASSES)
+    make_model(reg, tmp_path, "m", 1, base.id)
+    logs = log_dir(workspace.path("logs"), "m")
+    images = np.random.default_rng(3).integers(0, 255, (6, 28, 28, 3), np.uint8)
+    write_production(logs, images, np.zeros(6))
+    (chunk,) = (logs / "inputs").glob("*.pin")
+    data = bytearray(chunk.read_bytes())
+    size = len(data) // 6  # six records of one shape
+    data[2 * size + size // 2] ^= 0xFF  # the third input's payload: its CRC fails
+    chunk.write_bytes(bytes(data))
+    res = subprocess.run(
+        [sys.executable, "-m", "pomlia_hpc", "data", "harvest", "m"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    said = [line for line in res.stderr.splitlines() if "damaged record" in line]
+    assert said == [
+        f"warning: kept inputs {chunk}: a damaged record at byte {2 * size} ({size} bytes) "
+        "was skipped; the records after it are read"
+    ], res.stderr

@@ -37,19 +37,32 @@ def test_round_trip_keeps_8_bit_inputs_exactly_and_floats_as_floats(tmp_path: Pa
     assert [k.id for k in read_inputs(tmp_path, ids=["b" * 32])] == ["b" * 32]
 
 
-def test_torn_or_damaged_tail_is_skipped(tmp_path: Path) -> None:
+def test_torn_tail_is_skipped_and_a_damaged_last_record_is_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     inbox = Inbox(tmp_path)
-    for i in range(3):
-        inbox.write(encode_image(f"{i:032x}", "t", _u8(i).astype(np.float32) / 255))
+    records = [encode_image(f"{i:032x}", "t", _u8(i).astype(np.float32) / 255) for i in range(3)]
+    for record in records:
+        inbox.write(record)
     inbox.close()
     path = inbox.path
     whole = path.read_bytes()
     path.write_bytes(whole[:-10])  # power loss in the middle of the last record
-    assert [k.id for k in read_inputs(tmp_path)] == [f"{i:032x}" for i in range(2)]
+    with caplog.at_level("WARNING", logger="pomlia.serve"):
+        assert [k.id for k in read_inputs(tmp_path)] == [f"{i:032x}" for i in range(2)]
+    assert not caplog.records  # a torn tail is a write that was never answered: no word
     damaged = bytearray(whole)
     damaged[-20] ^= 0xFF  # a flipped byte in the last payload: its CRC fails
     path.write_bytes(bytes(damaged))
-    assert len(list(read_inputs(tmp_path))) == 2
+    with caplog.at_level("WARNING", logger="pomlia.serve"):
+        assert len(list(read_inputs(tmp_path))) == 2
+    # Whole but failing its CRC: it may have been answered, so it is not dropped silently.
+    start = len(whole) - len(records[2])
+    assert [r.getMessage() for r in caplog.records] == [
+        f"kept inputs {path}: the last record, at byte {start} ({len(records[2])} bytes), "
+        "fails its checksum and was skipped (damaged on disk, or its write was cut short by a "
+        "crash)"
+    ]
 
 
 def test_a_damaged_record_before_the_end_loses_only_itself_and_is_said(

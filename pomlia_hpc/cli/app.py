@@ -18,7 +18,13 @@ from sqlalchemy.exc import DBAPIError
 from pomlia_hpc import __version__
 from pomlia_hpc.cli import repeated as _repeated  # noqa: F401  (warns of a repeated option)
 from pomlia_hpc.cli import usage_errors as _usage_errors  # noqa: F401  (patches typer's printer)
-from pomlia_hpc.cli.console import MessageConsole, console, err_console, log_line
+from pomlia_hpc.cli.console import (
+    MessageConsole,
+    console,
+    err_console,
+    library_warnings_as_lines,
+    log_line,
+)
 from pomlia_hpc.cli.context import STATE, Context, profile_for
 from pomlia_hpc.cli.failures import internal_error
 from pomlia_hpc.cli.typer_help import one_line_summaries
@@ -95,6 +101,7 @@ def _root(
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
 ) -> None:
+    library_warnings_as_lines()
     if STATE._registry is not None:  # a previous invocation in the same process (tests)
         STATE._registry.dispose()
     STATE.home, STATE.db_url, STATE.cluster, STATE._registry = home, db_url, cluster, None

@@ -3,6 +3,7 @@ one line per message off a terminal, tables fitted to the width (:mod:`.tables`)
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from typing import Any
@@ -90,3 +91,27 @@ def log_line(text: str) -> None:
         err_console.print(stamped(text), highlight=False, markup=False, soft_wrap=True)
     except BrokenPipeError:  # `pomlia pipeline run ... | head`: the work goes on unread
         drop_output(err_console.file)
+
+
+class _LibraryWarnings(logging.Handler):
+    """A library's log warning (``pomlia.serve`` reading a damaged kept input during ``monitor
+    run``) as one ``warning: ...`` line on stderr, as the CLI's own warnings print: without
+    it Python's fallback printed the bare message, which read like output."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = f"{record.levelname.lower()}: {record.getMessage()}"
+            err_console.print(text, markup=False, highlight=False, soft_wrap=True)
+        except OSError:  # stderr gone (a closed pipe): the command goes on unheard
+            pass
+
+
+def library_warnings_as_lines() -> None:
+    """Print library log records of WARNING and above as :class:`_LibraryWarnings` lines
+    while no logging is configured. It is Python's handler of last resort, so a command that
+    sets up its own logging (``serve``) keeps its format and nothing prints twice."""
+    if not isinstance(logging.lastResort, _LibraryWarnings):
+        logging.lastResort = _LibraryWarnings()

@@ -17,7 +17,8 @@ Durability: the prediction log's writer thread writes a group's images here, fsy
 then writes and fsyncs the group's log lines and answers (:class:`~.predlog.PredictionLog`
 ``sidecar``). So an answered prediction has its record and its input on disk, and every logged
 prediction with ``"input_kept": true`` has its image. A torn last record (power loss) fails its
-length or CRC check and is skipped by :func:`read_inputs`.
+length or CRC check and is skipped by :func:`read_inputs` (with a warning where the record is
+whole and only its CRC fails: that can also be damage to an answered input).
 
 Quota and retention: at start, after each rotation and whenever a write would take the folder
 over the byte quota, chunk files older than the retention period are removed, then the oldest
@@ -122,9 +123,11 @@ def _record_at(data: bytes, pos: int, path: Path) -> tuple[KeptInput | None, int
 def _read_file(path: Path) -> Iterator[KeptInput]:
     """The records of one chunk file. A short or inconsistent last record is the torn tail of
     a crashed writer (its prediction was never answered: the input is flushed before the
-    answer), skipped without a word. A damaged record before the end (a flipped byte on disk)
-    is skipped with a warning naming the file and byte, and reading goes on at the next record
-    (found by its magic where the damage hit the framing): the records after it are kept."""
+    answer), skipped without a word. A damaged record (a flipped byte on disk) is skipped with
+    a warning naming the file and byte, the last one too where it is whole but fails its CRC
+    (a crash can also leave that, but an answered input may have been lost); before the end,
+    reading goes on at the next record (found by its magic where the damage hit the framing):
+    the records after it are kept."""
     data = path.read_bytes()
     pos = 0
     while pos < len(data):
@@ -139,7 +142,16 @@ def _read_file(path: Path) -> Iterator[KeptInput]:
         held = after == len(data) or data[after : after + 4] == MAGIC
         nxt = after if after > pos and held else data.find(MAGIC, pos + 1)
         if nxt < 0 or nxt >= len(data):
-            return  # nothing whole after it: a torn tail
+            if found is not None:  # whole, but its CRC fails: damage, not a write cut short
+                log.warning(
+                    "kept inputs %s: the last record, at byte %d (%d bytes), fails its "
+                    "checksum and was skipped (damaged on disk, or its write was cut short "
+                    "by a crash)",
+                    path,
+                    pos,
+                    found[1] - pos,
+                )
+            return  # nothing whole after it
         log.warning(
             "kept inputs %s: a damaged record at byte %d (%d bytes) was skipped; the records "
             "after it are read",
