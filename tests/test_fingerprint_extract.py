@@ -316,7 +316,7 @@ def test_force_marks_the_set_running_before_removing_its_vectors(
     monkeypatch.setattr(planning_module, "create_embeddings", spy)
     plan_extraction(reg, workspace, "enc", [ref], shards=2, force=True)
     assert seen == ["running"]  # already running when the old vectors were removed
-    with pytest.raises(NotFoundError, match="extraction running"):
+    with pytest.raises(NotFoundError, match=r"extraction unfinished \(running, or stopped\)"):
         fingerprint_set(reg, "enc", ref)
 
 

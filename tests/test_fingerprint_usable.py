@@ -126,10 +126,11 @@ def test_an_unfinished_extraction_is_named_with_how_far_it_got(
     found = similar_datasets(reg, "enc", "blood", left_out=left)
     assert [r.ref for r in found] == [three[2]]
     assert [str(x) for x in left] == [
-        "organ (extraction running, 0 of 1 shard(s) done; run pomlia fingerprint extract organ "
+        "organ (extraction unfinished (running, or stopped), 0 of 1 shard(s) done; run pomlia "
+        "fingerprint extract organ "
         "-e enc)"
     ]
-    with pytest.raises(NotFoundError, match=r"organ@\w+' .*extraction running, 0 of 1"):
+    with pytest.raises(NotFoundError, match=r"organ@\w+' .*extraction unfinished .*, 0 of 1"):
         fingerprint_set(reg, "enc", "organ")
 
 

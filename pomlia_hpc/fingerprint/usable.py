@@ -261,7 +261,10 @@ def check_set(
     if found is not None:
         return found, None
     done = sum(d is not None for d in shards_done(out, plan))
-    why = f"extraction {fs.status}, {done} of {len(plan)} shard(s) done"
+    # A reader cannot tell a running extraction from one whose driver was killed (that needs
+    # the scheduler, and a reader asks nothing): "running" would mislead for the second.
+    state = "unfinished (running, or stopped)" if fs.status == "running" else fs.status
+    why = f"extraction {state}, {done} of {len(plan)} shard(s) done"
     return fs, LeftOut(ref, why, run, vid, fs.id)
 
 
