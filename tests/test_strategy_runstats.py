@@ -186,6 +186,20 @@ def test_a_cancelled_run_leaves_the_waiting_list(registry: Registry) -> None:
     assert (got["small_cnn"].n_runs, got["small_cnn"].n_failed) == (1, 0)
 
 
+def test_a_cancelled_run_resumed_under_its_id_is_counted_when_it_ends(
+    registry: Registry,
+) -> None:
+    # A resumed study submits a cancelled trial again under its id: examined once as
+    # cancelled, its later result must still count (the summaries are built again).
+    tid = row_task(registry)
+    _run(registry, tid, "small_cnn", "ok", 0.7)
+    again = _run(registry, tid, "small_cnn", "cancelled", cost=40.0)
+    assert _by_arch(registry)["small_cnn"].n_runs == 1
+    _finish(registry, again, 0.9)
+    got = _by_arch(registry)["small_cnn"]
+    assert (got.n_runs, got.n_failed, got.value) == (2, 0, pytest.approx(0.85))
+
+
 @pytest.mark.postgres
 def test_two_refreshes_that_both_rebuild_count_each_run_once_on_postgres(pg_url: str) -> None:
     """Refresh A rebuilds the summaries and waits before its commit; refresh B, started

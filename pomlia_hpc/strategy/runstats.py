@@ -58,8 +58,11 @@ from pomlia_hpc.strategy.longformat import strategy_key
 
 #: Statuses counted as runs of their strategy (``crashed``: a failure of it).
 COUNTED = ("ok", "crashed")
-#: Statuses that never change: examined once. A cancelled run is no run (nor failure) of its
-#: strategy, and a resumed study submits a new run in its place, so it leaves the waiting list.
+#: Statuses examined once. A cancelled run is no run (nor failure) of its strategy. A resumed
+#: study may submit it again under its id (it goes on from its checkpoint), and its later ``ok``
+#: or ``crashed`` then makes the counts disagree, so the next refresh builds every summary again
+#: (:func:`_forget_if_stale`): rare, and no wrong answer, where keeping every cancelled run of an
+#: abandoned study on the waiting list would cost each refresh for good.
 FINAL = (*COUNTED, "cancelled")
 #: How many ids below the newest examined one are looked at again for runs that committed late
 #: (concurrent inserts; a run's transaction is seconds long, far fewer runs start meanwhile).
