@@ -396,9 +396,16 @@ def test_a_folder_with_an_index_but_no_marker_is_not_replaced(
         build_report(reg, workspace, site)
     assert sorted(p.name for p in site.iterdir()) == ["index.html", "thesis.tex"]
     assert (site / "index.html").read_text() == "<html/>"
-    # a report of a pomlia before the marker (nothing but its pages) is still replaced
+    # Nothing but files of the report's page names, but a page of someone's own: kept (a
+    # site's own index.html was replaced by the report's overview).
     (site / "thesis.tex").unlink()
-    (site / "models.html").write_text("<html/>")
+    with pytest.raises(InputError, match=r"holds an index\.html and pages a report did not"):
+        build_report(reg, workspace, site)
+    assert (site / "index.html").read_text() == "<html/>"
+    # a report of a pomlia before the marker (nothing but its pages) is still replaced
+    old = "<!DOCTYPE html><html><head><title>Models · pomlia report</title></head></html>"
+    (site / "index.html").write_text(old.replace("Models", "Overview"))
+    (site / "models.html").write_text(old)
     assert (build_report(reg, workspace, site).folder / ".pomlia-report").is_file()
     # A report folder carries the marker, so the next report replaces it.
     report = build_report(reg, workspace, tmp_path / "r").folder

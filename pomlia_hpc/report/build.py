@@ -30,7 +30,7 @@ from pomlia_hpc.registry import (
     Task,
 )
 from pomlia_hpc.report import pages_data, pages_learn, pages_ops, pages_strategy
-from pomlia_hpc.report.html import esc, page, table
+from pomlia_hpc.report.html import REPORT_TITLE_END, esc, page, table
 from pomlia_hpc.workspace import Workspace
 
 #: The file every report folder holds: the proof that ``pomlia report`` wrote the folder, and
@@ -99,6 +99,17 @@ def _counts(registry: Registry) -> list[tuple[str, int]]:
         ]
 
 
+def _is_report_page(path: Path) -> bool:
+    """Whether ``path`` is a page a report wrote (its title says so, :func:`.html.page`): a
+    folder of report page names holding someone's own ``index.html`` is not an old report."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(4096)
+    except OSError:  # a folder of that name, unreadable: not a page of ours
+        return False
+    return REPORT_TITLE_END.encode() in head
+
+
 def check_out_folder(out: Path) -> None:
     """Refuse ``out`` unless the report may be written there: a new or empty folder, or one
     that holds a report (its :data:`MARKER`). Creates nothing: a refused report leaves no
@@ -113,17 +124,24 @@ def check_out_folder(out: Path) -> None:
     if not out.is_dir():
         raise InputError(f"{out} is a file: expected a folder for the report (new or a report)")
     held = {p.name for p in out.iterdir()}
-    if held <= {"index.html", *(file for file, _, _ in PAGES)}:
+    if held <= {"index.html", *(file for file, _, _ in PAGES)} and all(
+        _is_report_page(out / name) for name in held
+    ):
         return  # empty, or a report of a pomlia before the marker: nothing but its pages
     if (out / "index.html").is_file():
         # A web site, or a report with files of someone's added: replacing would lose them,
         # so the user decides.
         others = ", ".join(sorted(held - {"index.html", *(f for f, _, _ in PAGES)})[:3])
+        foreign = ", ".join(sorted(n for n in held if not _is_report_page(out / n))[:3])
         raise InputError(
             f"{out} is not a pomlia report folder (no {MARKER} file): it holds an index.html "
-            f"and files a report does not write ({others}); the report replaces its folder "
-            "as a whole, so it writes only into a new or empty folder or one a report wrote: "
-            "pass another --out"
+            + (
+                f"and files a report does not write ({others})"
+                if others
+                else f"and pages a report did not write ({foreign})"
+            )
+            + "; the report replaces its folder as a whole, so it writes only into a new or "
+            "empty folder or one a report wrote: pass another --out"
         )
     raise InputError(
         f"{out} is not a pomlia report folder (no {MARKER} file) and is not empty: expected a "

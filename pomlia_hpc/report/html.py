@@ -141,6 +141,11 @@ def status_span(status: str) -> str:
     return f"<span class='{cls.get(status, 'muted')}'>{esc(status)}</span>"
 
 
+#: How every page's title ends: how a report of a pomlia before the marker file is told from a
+#: folder of someone's own pages (:func:`pomlia_hpc.report.build.check_out_folder`).
+REPORT_TITLE_END = " · pomlia report</title>"
+
+
 def page(title: str, body: str, nav: Sequence[tuple[str, str]], here: str, stamp: str) -> str:
     """A whole page: ``nav`` is (file, label) pairs; ``here`` the current file."""
     current = " class='here'"
@@ -150,7 +155,7 @@ def page(title: str, body: str, nav: Sequence[tuple[str, str]], here: str, stamp
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-        f"<title>{esc(title)} · pomlia report</title>"
+        f"<title>{esc(title)}{REPORT_TITLE_END}"
         "<link rel='icon' href='data:,'>"  # no favicon request (a file:// 404 in the console)
         f"<style>{CSS}</style></head><body>"
         f"<header><strong>pomlia</strong> &nbsp; {links}</header>"
