@@ -6,7 +6,7 @@ Letters, digits, ``_``, ``.`` and ``-``, starting with a letter, digit or ``_``:
 ``..`` path, no leading dot (hidden files), no spaces or control characters; not all digits
 (commands take "a name or an id", and a name like ``12`` would be read as an id). At most 64
 characters unless the caller allows more (a study's best model is ``<study>-best``, and study
-names may have 96).
+names may have 96; data set names :data:`DATASET_NAME_MAX`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,10 @@ from __future__ import annotations
 import re
 
 from pomlia_hpc.errors import InputError
+
+#: Longest data set name (``data add``, the strategy tables' ``dataset`` column, a pipeline's
+#: ``datasets``).
+DATASET_NAME_MAX = 128
 
 _CHARS = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 

@@ -636,3 +636,19 @@ def test_the_plan_counts_the_serving_job_a_deploy_submits(
     assert job.count == 1 and job.hours == pytest.approx(4.0) and "serving job" in job.what
     others = sum(j.gpu_hours for sp in plan.stages if sp is not deploy for j in sp.jobs)
     assert plan.gpu_hours == pytest.approx(others + 4.0)
+
+
+def test_dataset_names_follow_data_adds_rule_and_a_task_metric_any_case() -> None:
+    """A pipeline's data set name was capped at 64 characters where `data add` takes 128, and
+    `metric: AUC` was refused where `task add --metric AUC` is taken."""
+    long = "d" * 128
+    spec = _parse(
+        {
+            "name": "p",
+            "datasets": [{"name": long, "medmnist": "bloodmnist"}],
+            "tasks": [{"name": "t", "dataset": long, "metric": "AUC"}],
+        }
+    )
+    assert spec.datasets[0].name == long and spec.tasks[0].metric == "auc"
+    with pytest.raises(ConfigError, match=r"'datasets\.0\.name'.*at most 128"):
+        _parse({"name": "p", "datasets": [{"name": long + "d", "medmnist": "bloodmnist"}]})

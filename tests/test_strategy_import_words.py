@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select, update
 
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.registry import KbResult, Registry
+from pomlia_hpc.registry import KbDataset, KbResult, Registry
 from pomlia_hpc.strategy import kb
 
 HEADER = "dataset,arch,init,mode,img_size,metric,value,"
@@ -123,3 +123,20 @@ def test_a_value_differing_from_a_source_imported_before_in_another_spelling_is_
     assert f"{path}: line 2, column 'value': 0.8 for data set 'a'" in msg, msg
     assert "source 't' gives 0.9" in msg and "nothing was imported" in msg, msg
     assert _stored(registry) == [("Pretrained", "Linear_Probe")]
+
+
+def test_a_data_set_name_as_long_as_data_add_takes_is_imported(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """A name of 65-128 characters, which `data add` registers, was refused as "at most 64"."""
+    name = "d" * 128
+    path = tmp_path / "r.csv"
+    head = "dataset,arch,init,mode,img_size,metric,value,"
+    meta = "meta_task_type,meta_n_channels,meta_n_classes,meta_n_train"
+    path.write_text(f"{head}{meta}\n{name},resnet18,scratch,full,28,acc,0.9,{META}\n")
+    kb.import_table(registry, path, "t")
+    with registry.session() as s:
+        assert s.scalars(select(KbDataset.name)).all() == [name]
+    path.write_text(f"{head}{meta}\n{name}d,resnet18,scratch,full,28,acc,0.9,{META}\n")
+    with pytest.raises(InputError, match="at most 128"):
+        kb.import_table(registry, path, "t2")

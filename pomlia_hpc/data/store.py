@@ -56,7 +56,7 @@ import zarr
 from sqlalchemy import select
 
 from pomlia_hpc.errors import DataIntegrityError, InputError, NotFoundError
-from pomlia_hpc.names import validate_name
+from pomlia_hpc.names import DATASET_NAME_MAX, validate_name
 from pomlia_hpc.registry import Dataset, DatasetVersion, Registry
 from pomlia_hpc.registry.lookup import by_name_or_id
 from pomlia_hpc.workspace import Workspace
@@ -69,9 +69,6 @@ SPLIT_CODE: dict[str, int] = {s: i for i, s in enumerate(SPLITS)}
 META_ATTR = "pomlia"
 FINGERPRINT_ATTR = "fingerprint"
 STORE_SUFFIX = ".zarr"
-
-#: Longest dataset name.
-DATASET_NAME_MAX = 128
 
 
 def check_name(name: str) -> str:

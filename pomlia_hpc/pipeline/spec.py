@@ -42,10 +42,12 @@ from pydantic_core import PydanticCustomError
 
 from pomlia_hpc.config import read_yaml
 from pomlia_hpc.errors import ConfigError, NotFoundError
+from pomlia_hpc.names import DATASET_NAME_MAX
 from pomlia_hpc.pipeline.options import check_options, source_kind
 from pomlia_hpc.pipeline.wording import pipeline_problem
 
 _NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
+_DATASET_NAME = rf"^[A-Za-z0-9_][A-Za-z0-9_.-]{{0,{DATASET_NAME_MAX - 1}}}$"  # as `data add`
 _AT = r"^([01]\d|2[0-3]):[0-5]\d$"
 _WINDOW = r"^0*[1-9]\d*[mhd]$"  # above zero, as monitor run takes
 
@@ -53,6 +55,8 @@ _WINDOW = r"^0*[1-9]\d*[mhd]$"  # above zero, as monitor run takes
 PATTERN_WORDS = {
     _NAME: "a name of letters, digits, '_', '.', '-' (at most 64, starting with a letter, "
     "digit or '_')",
+    _DATASET_NAME: "a name of letters, digits, '_', '.', '-' (at most "
+    f"{DATASET_NAME_MAX}, starting with a letter, digit or '_')",
     _AT: "a time of day HH:MM, 00:00-23:59 (e.g. 02:00)",
     _WINDOW: "a length of time above zero: a number and m, h or d (e.g. 1d, 12h)",
 }
@@ -102,7 +106,7 @@ class Lookalikes(_Strict):
 class DatasetSpec(_Strict):
     """One dataset: exactly one of ``medmnist``, ``file``, ``folder``."""
 
-    name: str = Field(pattern=_NAME)
+    name: str = Field(pattern=_DATASET_NAME)
     medmnist: str | None = None
     file: str | None = None
     folder: str | None = None
@@ -172,6 +176,12 @@ class TaskSpec(_Strict):
     name: str = Field(pattern=_NAME)
     dataset: str
     metric: Literal["acc", "auc", "f1_macro"] = "acc"
+
+    @field_validator("metric", mode="before")
+    @classmethod
+    def _metric_in_any_case(cls, value: object) -> object:
+        # As the CLI's --metric takes it (`AUC`, `F1_macro`).
+        return value.strip().lower() if isinstance(value, str) else value
 
 
 class RecommendSpec(_Strict):

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.names import validate_name
+from pomlia_hpc.names import DATASET_NAME_MAX, validate_name
 
 #: First characters a spreadsheet takes for a formula (``=cmd|' /c calc'!A1``): a text cell
 #: starting with one is refused, as the tables are read back and shared as CSV.
@@ -45,7 +45,7 @@ class Cell:
         (:mod:`pomlia_hpc.names`)."""
         value = self.text(column)
         try:
-            validate_name("data set", value)
+            validate_name("data set", value, max_len=DATASET_NAME_MAX)
         except InputError as exc:
             rule = str(exc).partition("expected ")[2]
             raise self.fail(column, f"a data set name as `data add` takes: {rule}") from None
