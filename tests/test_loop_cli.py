@@ -214,6 +214,11 @@ def test_bad_settings_record_no_loop_run(tmp_path: Path, workspace: Workspace) -
         assert isinstance(res.exception, PomliaError) and message in str(res.exception)
     with pytest.raises(PomliaError, match="--trials 0"):
         run_loop(reg, workspace, "prod", LoopSettings(trials=0), progress=lambda _l: None)
+    # A slot that never was is not found (exit 4, as `loop show` says it), with the known
+    # ones; it was bad input (exit 2), listing none.
+    res = runner.invoke(app, ["loop", "run", "prdo"])
+    assert isinstance(res.exception, NotFoundError), res.output
+    assert "slot 'prdo' not found; known: prod" in str(res.exception)
     with reg.session() as s:
         assert s.query(LoopRun).count() == 0
     assert [x.version for x in list_versions(reg)] == [v.version]

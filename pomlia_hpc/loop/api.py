@@ -18,10 +18,11 @@ from pomlia_hpc.loop import requests
 from pomlia_hpc.loop.claim import check_free
 from pomlia_hpc.loop.driver import LoopResult, Progress, Stage, open_run, run_stages
 from pomlia_hpc.loop.harvest import default_since, training_version
-from pomlia_hpc.loop.promote import champion
+from pomlia_hpc.loop.promote import champion, slots
 from pomlia_hpc.loop.stages import STAGES, LoopSettings, check_settings
 from pomlia_hpc.models.catalog import resolve_model
 from pomlia_hpc.registry import Registry
+from pomlia_hpc.registry.lookup import not_found
 from pomlia_hpc.workspace import Workspace
 
 
@@ -44,6 +45,8 @@ def run_loop(
     settings = settings or LoopSettings()
     check_settings(settings)
     entry = champion(registry, slot)
+    if entry is None and slot not in (known := slots(registry)):
+        raise not_found("slot", slot, known)  # a typo: exit 4, as `loop show` says it
     if entry is None:
         raise InputError(
             f"deployment slot '{slot}' serves no model; put one on it first: "
