@@ -382,10 +382,10 @@ def test_a_current_version_never_extracted_is_named_not_compared_silently(
     found = [r.ref for r in similar_datasets(reg, "enc", "derma", k=10, left_out=left)]
     assert sorted(found) == sorted(refs[:3])  # the old version, as before
     assert [str(x) for x in left] == [
-        f"organ (current version not extracted; {refs[2]} compared instead; "
+        f"{new} (current version not extracted; {refs[2]} compared instead; "
         "run pomlia fingerprint extract organ -e enc)"
     ]
-    note = f"left out: organ (current version not extracted; {refs[2]} compared instead"
+    note = f"left out: {new} (current version not extracted; {refs[2]} compared instead"
     for args in ([], ["--images", "3"], ["--json"]):
         assert note in " ".join(cli_ok("similar", "derma", "-e", "enc", *args).split()), args
     text = " ".join(cli_ok("plot", "latent", "-e", "enc", "--out", str(workspace.home)).split())

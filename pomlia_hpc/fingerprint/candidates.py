@@ -107,9 +107,11 @@ def _current_not_extracted(
         now = current.get(name := ref.split("@")[0])
         if now is not None and now.id != fs.dataset_version_id and now.id not in embedded:
             compared.setdefault(name, []).append(ref)
+    # Named by its version: the plain name beside a result of the same name, in one answer,
+    # read as that result left out.
     return [
         LeftOut(
-            name,
+            f"{name}@{current[name].version}",
             f"current version not extracted; {', '.join(refs)} compared instead",
             extract_command(name, enc),
             current[name].id,
