@@ -652,6 +652,29 @@ def test_body_timeouts_are_transport_failures_not_refused_data(
     assert "33.0% of requests failed in transport (timeout 30" in warnings
 
 
+def test_the_refused_warning_counts_every_reason(fresh: tuple[Workspace, Registry, Path]) -> None:
+    """The warning named the three commonest reasons only: its counts did not add up to the
+    refusals, and a fourth reason (bad-values) was not said at all."""
+    ws, _reg, bundle = fresh
+    x, _ = images(60)
+    records = log_predictions(ws, bundle, x, one_request=False)
+    (first,) = log_dir(ws.path("logs"), "blood").glob("*.jsonl")
+    at = {"time": records[0]["time"], "model": "blood"}
+    reasons = {"unsupported-type": 4, "wrong-size": 2, "wrong-channels": 1, "bad-values": 1}
+    append_lines(
+        first,
+        *(log_line("rejection", reason=r, **at) for r, n in reasons.items() for _ in range(n)),
+    )
+    code, out = monitor("run", "blood", "--json")
+    assert code == 0, out
+    quality = json.loads(out[out.index("{") :])["quality"]
+    assert quality["rejections_by_reason"] == reasons
+    assert (
+        "11.8% of requests were refused (unsupported-type 4, wrong-size 2, wrong-channels 1, "
+        "bad-values 1)"
+    ) in quality["warnings"]
+
+
 HOLDER = """
 import sys
 from pathlib import Path

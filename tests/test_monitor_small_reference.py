@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from pomlia_hpc.cli import app
-from pomlia_hpc.monitor.checks import MIN_VECTORS, run_checks
+from pomlia_hpc.monitor.checks import MIN_VECTORS, planned_tests, run_checks
 from pomlia_hpc.monitor.logread import LogWindow
 from pomlia_hpc.registry import Registry, RetrainRequest
 from pomlia_hpc.serve.reference import Reference
@@ -61,6 +61,23 @@ def test_a_reference_below_the_minimum_skips_the_input_tests_with_a_note() -> No
     # from the minimum on, they run
     out = run_checks(_window(rng), _reference(MIN_VECTORS, rng), n_perm=100)
     assert {"mmd", "ks", "classifier"} <= {t.name for t in out.tests}
+
+
+def test_the_line_said_before_the_tests_names_only_those_that_run() -> None:
+    """`monitor run` said "testing (MMD, KS, classifier, ...)" and then skipped the input-drift
+    tests of a small reference, in the same run."""
+    rng = np.random.default_rng(0)
+    assert planned_tests(_window(rng), _reference(2, rng)) == ["labels", "confidence"]
+    win = _window(rng)
+    win.labels.tested.append((0, 1, "2026-12-01T01:00:00+00:00"))
+    assert planned_tests(win, _reference(MIN_VECTORS, rng), "auc") == [
+        "MMD",
+        "KS",
+        "classifier",
+        "labels",
+        "confidence",
+        "auc and accuracy",
+    ]
 
 
 def test_monitor_run_of_a_model_with_a_two_image_reference_raises_no_alarm(

@@ -208,7 +208,12 @@ def _quality(win: LogWindow, ref: Reference, vectors: np.ndarray) -> dict[str, A
     else:
         q["near_constant_share"] = None
     if total and rejected / total > 0.05:
-        top = ", ".join(f"{k} {v}" for k, v in refused.most_common(3))
+        # Every reason the server gives (a few), so the counts add up to the refusals; a log
+        # of another writer's may hold any number.
+        top = ", ".join(f"{k} {v}" for k, v in refused.most_common(8))
+        if len(refused) > 8:
+            rest = sum(v for _, v in refused.most_common()[8:])
+            top += f", {rest} more of {len(refused) - 8} other reason(s)"
         warnings.append(f"{rejected / total:.1%} of requests were refused ({top})")
     if n_failed and n_failed / (total + n_failed) > 0.05:
         warnings.append(
@@ -224,6 +229,19 @@ def _quality(win: LogWindow, ref: Reference, vectors: np.ndarray) -> dict[str, A
         )
     q["warnings"] = warnings
     return q
+
+
+def planned_tests(win: LogWindow, ref: Reference, metric: str = "acc") -> list[str]:
+    """The tests :func:`run_checks` runs on ``win``, by name, for the line said before them
+    (the input-drift ones need :data:`MIN_VECTORS` fingerprints on both sides)."""
+    names = []
+    if min(len(ref.fingerprints), len(win.vectors)) >= MIN_VECTORS:
+        names += ["MMD", "KS", "classifier"]
+    if win.n_predictions:
+        names += ["confidence"] if ref.task_type == "multi-label" else ["labels", "confidence"]
+    if win.feedback:
+        names.append("accuracy" if metric == "acc" else f"{metric} and accuracy")
+    return names
 
 
 def run_checks(

@@ -32,7 +32,7 @@ from sqlalchemy import select
 
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.models.taskmetric import model_metric, model_task
-from pomlia_hpc.monitor.checks import CheckOutcome, run_checks
+from pomlia_hpc.monitor.checks import CheckOutcome, planned_tests, run_checks
 from pomlia_hpc.monitor.history import show_time
 from pomlia_hpc.monitor.labels import DEFAULT_LOOKBACK
 from pomlia_hpc.monitor.logread import LogWindow, read_window
@@ -294,8 +294,7 @@ def _test_window(
     # requests, a model a promotion replaced): their accuracy is still tested.
     if not (win.n_predictions or win.feedback):
         return None
-    tested = "accuracy" if metric == "acc" else f"{metric} and accuracy"
-    progress(f"testing (MMD, KS, classifier, labels, confidence, {tested})")
+    progress(f"testing ({', '.join(planned_tests(win, ref, metric))})")
     outcome = run_checks(win, ref, alpha=alpha, n_perm=n_perm, seed=seed, metric=metric)
     if not win.n_predictions:
         # The metric the performance test compared (an AUC task's AUC, not its accuracy).
