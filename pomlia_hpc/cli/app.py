@@ -27,6 +27,7 @@ from pomlia_hpc.cli.console import (
 )
 from pomlia_hpc.cli.context import STATE, Context, profile_for
 from pomlia_hpc.cli.failures import internal_error
+from pomlia_hpc.cli.pathopts import path_option
 from pomlia_hpc.cli.typer_help import one_line_summaries
 from pomlia_hpc.errors import INTERNAL_EXIT, UNAVAILABLE_EXIT, PomliaError
 from pomlia_hpc.progress import guard_std_streams, output_failure
@@ -75,7 +76,7 @@ def _version(value: bool) -> None:
 def _root(
     home: Annotated[
         Path | None,
-        typer.Option(
+        path_option(
             "--home", help="Workspace directory (env POMLIA_HOME).", show_default="./pomlia-home"
         ),
     ] = None,

@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from pomlia_hpc.cli.app import STATE, app, console, err_console, profile_for
+from pomlia_hpc.cli.pathopts import path_option
 from pomlia_hpc.cli.studytable import epochs_word, study_table, with_n
 from pomlia_hpc.cli.tables import fit_columns, pick_form
 from pomlia_hpc.errors import InputError
@@ -135,7 +136,7 @@ def automl_run(
     ] = False,
     initial: Annotated[
         Path | None,
-        typer.Option(
+        path_option(
             "--initial",
             help="Warm start: YAML/JSON list of configurations (initial design); a file of "
             "`pomlia recommend OTHER --write-initial` (another task) is refused.",

@@ -17,6 +17,7 @@ from pomlia_hpc.cli.app import STATE, app, console, err_console
 from pomlia_hpc.cli.data_notes import print_ingested
 from pomlia_hpc.cli.jsonout import print_json
 from pomlia_hpc.cli.listing import JsonFlag, print_rows
+from pomlia_hpc.cli.pathopts import path_argument, path_option
 from pomlia_hpc.cli.tables import ListTable, shown, stack, when
 from pomlia_hpc.data.medmnist_info import FLAGS_2D
 from pomlia_hpc.progress import Reporter, progress
@@ -110,7 +111,7 @@ _FRACTION_HELP = (
 # `data add`'s options with the longest declarations, so that its signature stays short.
 _RootOpt = Annotated[
     Path | None,
-    typer.Option(
+    path_option(
         help="Folder holding MedMNIST npz files (env POMLIA_MEDMNIST_ROOT).",
         show_default="~/.medmnist",
     ),
@@ -238,7 +239,7 @@ def add(
 
 @data_app.command("synth")
 def synth(
-    out: Annotated[Path, typer.Argument(help="Output folder for the 12 npz files.")],
+    out: Annotated[Path, path_argument(help="Output folder for the 12 npz files.")],
     scale: Annotated[float, typer.Option(help="Split sizes = MedMNIST's times this.")] = 0.01,
     seed: Annotated[int, typer.Option(help="Random seed (output is deterministic).")] = 0,
     size: Annotated[int, typer.Option(help="Image size: 28, 64, 128 or 224.")] = 28,
@@ -374,7 +375,7 @@ def show_cmd(
     ],
     grid: Annotated[
         Path | None,
-        typer.Option(
+        path_option(
             help="Write a sample grid PNG (rows = classes) here; the path must end in .png."
         ),
     ] = None,

@@ -16,6 +16,7 @@ from rich.markup import escape
 
 from pomlia_hpc.cli.app import STATE, app, console, err_console, log_line, profile_for
 from pomlia_hpc.cli.data import data_app
+from pomlia_hpc.cli.pathopts import path_option
 from pomlia_hpc.cli.serve import deploy_app
 from pomlia_hpc.cli.usage_errors import registry_id
 from pomlia_hpc.errors import InputError
@@ -79,7 +80,7 @@ def harvest_cmd(
     ] = None,
     log_dir: Annotated[
         Path | None,
-        typer.Option(help="Prediction log folder.", show_default="the model's/slot's"),
+        path_option(help="Prediction log folder.", show_default="the model's/slot's"),
     ] = None,
 ) -> None:
     """Labelled production images (kept inputs + feedback) → a new version of the model's

@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from pomlia_hpc.cli.app import STATE, app, console, err_console, log_line
+from pomlia_hpc.cli.pathopts import path_argument
 from pomlia_hpc.cli.tables import shown
 
 pipeline_app = typer.Typer(
@@ -62,7 +63,7 @@ def _plan_table(plan: object) -> Table:
 
 @pipeline_app.command("run")
 def run(
-    file: Annotated[Path, typer.Argument(help="The pipeline file (YAML).")],
+    file: Annotated[Path, path_argument(help="The pipeline file (YAML).")],
     cluster: Annotated[
         str | None,
         typer.Option("--cluster", help="Cluster profile (else the global --cluster / config)."),

@@ -11,6 +11,7 @@ import typer
 from pomlia_hpc.cli.app import STATE, app, console
 from pomlia_hpc.cli.fingerprint import EncoderOpt, encoder_name
 from pomlia_hpc.cli.notes import note, older_versions_note, set_notes
+from pomlia_hpc.cli.pathopts import path_option
 
 plot_app = typer.Typer(help="Figures of the latent space.", no_args_is_help=True)
 app.add_typer(plot_app, name="plot")
@@ -27,7 +28,7 @@ def latent(
     encoder: EncoderOpt = None,
     out: Annotated[
         Path | None,
-        typer.Option(
+        path_option(
             help=f"Folder for the PNGs ({LATENT_FILES}); an image file name (x.png) is refused.",
             show_default="<home>/reports/latent/<encoder>",
         ),

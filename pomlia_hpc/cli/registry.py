@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 
 from pomlia_hpc.cli.app import STATE, app, console
+from pomlia_hpc.cli.pathopts import path_option
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.registry.relocate import relocate as relocate_paths
 
@@ -105,7 +106,7 @@ def downgrade(
 def relocate(
     old: Annotated[
         Path | None,
-        typer.Option(
+        path_option(
             "--from",
             help=(
                 "The folder the workspace was in (absolute). Without it: read off the "

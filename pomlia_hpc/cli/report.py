@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from pomlia_hpc.cli.app import STATE, app, console
+from pomlia_hpc.cli.pathopts import path_option
 
 #: As :data:`pomlia_hpc.report.pages_learn.MAX_STUDIES` (not imported: matplotlib, the
 #: registry would load for every command's --help).
@@ -18,9 +19,7 @@ MAX_STUDIES = 20
 def report(
     out: Annotated[
         Path | None,
-        typer.Option(
-            "--out", help="Folder for the HTML pages.", show_default="<home>/reports/html"
-        ),
+        path_option("--out", help="Folder for the HTML pages.", show_default="<home>/reports/html"),
     ] = None,
     studies: Annotated[
         int,

@@ -14,6 +14,7 @@ from typer.core import TyperGroup
 
 from pomlia_hpc.cli.app import STATE, app, console, err_console
 from pomlia_hpc.cli.listing import JsonFlag, check_limit, print_rows
+from pomlia_hpc.cli.pathopts import path_argument, path_option
 from pomlia_hpc.cli.reference import warn_few_images
 from pomlia_hpc.cli.runs import UNDEFINED, fmt
 from pomlia_hpc.cli.tables import MISSING, ListTable, shown, stack, when
@@ -34,7 +35,7 @@ ModelArg = Annotated[str, typer.Argument(help="Registry model name or id.")]
 @model_app.command("register")
 def register(
     name: Annotated[str, typer.Argument(help="Name for the model (unique).")],
-    checkpoint: Annotated[Path, typer.Argument(help="Classifier checkpoint (save_classifier).")],
+    checkpoint: Annotated[Path, path_argument(help="Classifier checkpoint (save_classifier).")],
     task_id: Annotated[
         int | None, typer.Option(help="Registry id of its task.", callback=registry_id)
     ] = None,
@@ -285,7 +286,7 @@ def serve(
     port: Annotated[
         int | None, typer.Option(help="Port (0: a free one).", show_default="8000")
     ] = None,
-    config: Annotated[Path | None, typer.Option(help="Serve settings YAML (see docs).")] = None,
+    config: Annotated[Path | None, path_option(help="Serve settings YAML (see docs).")] = None,
     backend: Annotated[
         str | None,
         typer.Option(
@@ -311,19 +312,19 @@ def serve(
     ] = None,
     token_file: Annotated[
         Path | None,
-        typer.Option(
+        path_option(
             help="File with the bearer token for /v1/feedback (else env POMLIA_SERVE_TOKEN); "
             "must not be readable by group or others (chmod 600)."
         ),
     ] = None,
     log_dir: Annotated[
         Path | None,
-        typer.Option(
+        path_option(
             help="Prediction log directory.", show_default="<home>/logs/predictions/<model>"
         ),
     ] = None,
     address_file: Annotated[
-        Path | None, typer.Option(help="Write http://HOST:PORT here once ready.")
+        Path | None, path_option(help="Write http://HOST:PORT here once ready.")
     ] = None,
     deployment_id: Annotated[
         int | None,
@@ -515,7 +516,7 @@ def deploy(
     model: ModelArg,
     out: Annotated[
         Path | None,
-        typer.Option(
+        path_option(
             help="Deployment directory.", show_default="<home>/models/<name>/deploy/<version>"
         ),
     ] = None,

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from pomlia_hpc.cli.app import STATE, app, console, err_console
 from pomlia_hpc.cli.jsonout import print_json
+from pomlia_hpc.cli.pathopts import path_argument, path_option
 from pomlia_hpc.cli.tables import MISSING
 from pomlia_hpc.errors import InputError
 
@@ -27,11 +28,11 @@ app.add_typer(strategy_app, name="strategy")
 
 @strategy_app.command("import")
 def strategy_import(
-    file: Annotated[Path, typer.Argument(help="Results in the long format (docs/strategy.md).")],
+    file: Annotated[Path, path_argument(help="Results in the long format (docs/strategy.md).")],
     source: Annotated[str, typer.Option("--source", help="Name of this table in the KB.")],
     meta: Annotated[
         Path | None,
-        typer.Option("--meta", help="Meta-features per data set (unless given as meta_ columns)."),
+        path_option("--meta", help="Meta-features per data set (unless given as meta_ columns)."),
     ] = None,
     replace: Annotated[
         bool, typer.Option("--replace", help="Replace a source of the same name.")
@@ -92,7 +93,7 @@ def strategy_eval(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     png: Annotated[
         Path | None,
-        typer.Option(
+        path_option(
             "--png",
             help="Also draw each held-out data set's regrets, per method, into this PNG file "
             "(the path must end in .png).",
