@@ -332,3 +332,26 @@ def test_a_bad_serve_option_is_said_by_its_option_and_a_bad_file_value_by_its_fi
     with pytest.raises(ConfigError) as exc:
         load_serve_config(path, {"port": 8080})  # an option given, but not the bad value
     assert str(exc.value).startswith(f"{path}: bad value for 'log_retention_days'"), exc.value
+
+
+@pytest.mark.parametrize(
+    ("line", "said"),
+    [
+        ("graceful_timeout_s: .inf", "'graceful_timeout_s': Input should be a finite number"),
+        ("peer_read_interval_s: .inf", "'peer_read_interval_s': Input should be a finite"),
+        ("inputs_quota_mb: .nan", "'inputs_quota_mb': Input should be a finite number"),
+        ("log_retention_days: .inf", "'log_retention_days': Input should be a finite number"),
+        ("threads: 100000000000000000000", "'threads': Input should be less than or equal"),
+        ("log_retry_s: 1e300", "'log_retry_s': Input should be less than or equal to 86400"),
+    ],
+)
+def test_serve_settings_refuse_inf_nan_and_values_past_their_ceiling(
+    tmp_path: Path, line: str, said: str
+) -> None:
+    """Each was taken, then a traceback at start (`math.ceil(inf)`, uvicorn's start-up) or a
+    background thread that died (an infinite peer-read interval: feedback for the other
+    servers' predictions stopped being read, without a word)."""
+    path = tmp_path / "serve.yaml"
+    path.write_text(line + "\n")
+    with pytest.raises(ConfigError, match=f"{path}: bad value for {said}"):
+        load_serve_config(path)

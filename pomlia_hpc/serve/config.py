@@ -32,6 +32,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pomlia_hpc.config import problem, read_yaml
 from pomlia_hpc.errors import ConfigError
 
+#: Ceilings of the settings (none is near a real use): a day for a duration, s; 1,000 years
+#: for a retention, days; 1 PiB for a size, MiB.
+DAY_S = 86400.0
+MAX_DAYS = 365_000.0
+MAX_MB = float(1 << 30)
 #: Default cap on the request body bytes all uploads in progress hold, MiB (16 uploads of 16).
 DEFAULT_MAX_BUFFERED_MB = 256.0
 
@@ -39,17 +44,22 @@ DEFAULT_MAX_BUFFERED_MB = 256.0
 class ServeConfig(BaseModel):
     """Everything ``pomlia serve`` can be told. Times in ms or s as named; sizes in MiB/px."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No inf or NaN anywhere (`graceful_timeout_s: .inf` was a traceback at start, an
+    # infinite `peer_read_interval_s` killed the peer reader); every duration and size has a
+    # ceiling far above any real use, so no value overflows where it becomes an int or a time.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     backend: Literal["auto", "onnx", "torch"] = "auto"
-    threads: int | None = Field(None, ge=1, description="inference threads (default: cores)")
+    threads: int | None = Field(
+        None, ge=1, le=4096, description="inference threads (default: cores)"
+    )
     max_batch: int = Field(32, ge=1, le=4096)
     max_wait_ms: float = Field(5.0, ge=0, le=1000)
     max_upload_mb: float = Field(16.0, gt=0, le=1024)
-    max_side_px: int = Field(4096, ge=8)
-    max_images: int = Field(256, ge=1)
+    max_side_px: int = Field(4096, ge=8, le=1 << 20)
+    max_images: int = Field(256, ge=1, le=1 << 20)
     token_file: Path | None = None
     log_dir: Path | None = Field(None, description="default <home>/logs/predictions/<model>")
     log_fsync: bool = True
@@ -57,6 +67,7 @@ class ServeConfig(BaseModel):
     graceful_timeout_s: float = Field(
         3.0,
         gt=0,
+        le=DAY_S,
         description=(
             "longest wait for in-flight requests on SIGTERM, s (rounded up to whole s); "
             "body reads still waiting 1 s before it ends get 503. Keep it below Slurm's "
@@ -65,11 +76,16 @@ class ServeConfig(BaseModel):
     )
     address_file: Path | None = None
     keep_inputs: bool = Field(False, description="store every decoded input (see serve.inbox)")
-    inputs_quota_mb: float = Field(1024.0, gt=0, description="kept inputs: byte quota, MiB")
-    inputs_retention_days: float = Field(30.0, gt=0, description="kept inputs: retention, days")
+    inputs_quota_mb: float = Field(
+        1024.0, gt=0, le=MAX_MB, description="kept inputs: byte quota, MiB"
+    )
+    inputs_retention_days: float = Field(
+        30.0, gt=0, le=MAX_DAYS, description="kept inputs: retention, days"
+    )
     log_retention_days: float | None = Field(
         None,
         ge=1,
+        le=MAX_DAYS,
         description=(
             "prediction log files last written longer ago than this are deleted at rotation, "
             "days (default: none, every file is kept); never those the feedback window needs"
@@ -78,6 +94,7 @@ class ServeConfig(BaseModel):
     log_retry_s: float = Field(
         30.0,
         gt=0,
+        le=DAY_S,
         description=(
             "after a failed prediction-log write (a full disk or quota), how often the server "
             "tries the disk again, s; until a try succeeds it is not ready and refuses "
@@ -92,29 +109,35 @@ class ServeConfig(BaseModel):
         ),
     )
     feedback_window: int = Field(
-        200_000, ge=1, description="prediction ids remembered for feedback (404 beyond)"
+        200_000, ge=1, le=10**8, description="prediction ids remembered for feedback (404 beyond)"
     )
     peer_read_interval_s: float = Field(
         1.0,
         ge=0,
+        le=DAY_S,
         description=(
             "how often the server reads what other servers of its deployment logged in its "
             "log folder, s, so a feedback reads only what they logged since (0: only when a "
             "feedback comes)"
         ),
     )
-    max_head_kb: float = Field(32.0, gt=0, description="request line + headers, KiB (431)")
-    max_headers: int = Field(100, ge=1, description="header fields per request (431)")
-    head_timeout_s: float = Field(10.0, gt=0, description="time for a request's head, s (408)")
+    max_head_kb: float = Field(
+        32.0, gt=0, le=1 << 20, description="request line + headers, KiB (431)"
+    )
+    max_headers: int = Field(100, ge=1, le=1 << 20, description="header fields per request (431)")
+    head_timeout_s: float = Field(
+        10.0, gt=0, le=DAY_S, description="time for a request's head, s (408)"
+    )
     body_timeout_s: float = Field(
-        30.0, gt=0, description="longest wait for more body bytes, s (408)"
+        30.0, gt=0, le=DAY_S, description="longest wait for more body bytes, s (408)"
     )
     body_deadline_s: float = Field(
-        60.0, gt=0, description="time for a request's whole body after its head, s (408)"
+        60.0, gt=0, le=DAY_S, description="time for a request's whole body after its head, s (408)"
     )
     max_buffered_mb: float | None = Field(
         None,
         gt=0,
+        le=MAX_MB,
         description=(
             "request body bytes all requests in progress may hold together, MiB (503); "
             "default 256, or max_upload_mb if larger. Each upload is held once (a multipart "
@@ -123,7 +146,10 @@ class ServeConfig(BaseModel):
         ),
     )
     watch_interval_s: float = Field(
-        1.0, ge=0, description="how often a server started on a link checks it, s (0: never)"
+        1.0,
+        ge=0,
+        le=DAY_S,
+        description="how often a server started on a link checks it, s (0: never)",
     )
 
     @model_validator(mode="after")
