@@ -350,8 +350,11 @@ def test_bad_targets_and_options_are_one_clear_message(
         (["show", "4242"], "monitor report 4242 is not in the registry"),  # exit 4
         (["history", "nope"], "model 'nope' not found; known:"),  # exit 4
         # An empty table (0) or every report (-1), where `runs list` refuses both.
-        (["history", "blood", "--limit", "0"], "--limit 0: expected an integer >= 1"),
-        (["history", "blood", "--limit", "-1"], "--limit -1: expected an integer >= 1"),
+        (
+            ["history", "blood", "--limit", "0"],
+            "--limit 0: expected an integer from 1 to 1,000,000,000",
+        ),
+        (["history", "blood", "--limit", "-1"], "--limit -1: expected an integer from 1 to"),
     ):
         code, out = monitor(*args)
         missing = "not in the registry" in message or "not found" in message

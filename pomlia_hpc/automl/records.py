@@ -38,9 +38,8 @@ from typing import Any
 from sqlalchemy import func, select
 
 from pomlia_hpc.cluster.records import EARLIER_META
-from pomlia_hpc.errors import InputError
 from pomlia_hpc.registry import Job, Registry, Run, Task
-from pomlia_hpc.registry.lookup import by_name_or_id, not_found
+from pomlia_hpc.registry.lookup import by_name_or_id, check_limit, not_found
 from pomlia_hpc.vocab import RunStatus
 
 # Short names for the run statuses (:class:`pomlia_hpc.vocab.RunStatus`), as plain strings.
@@ -305,8 +304,7 @@ def list_runs(
     tasks) and/or one study (an unknown one is one error too, listing the studies).
     ``known_studies``: studies known to exist whether or not they have runs (those created in
     the workspace): one without a run yet selects nothing rather than counting as unknown."""
-    if limit < 1:
-        raise InputError(f"--limit {limit}: expected an integer >= 1")
+    check_limit(limit)
     with registry.session() as s:
         q = select(
             Run, Task.name, Job.id, Job.scheduler_id, Job.started_at, Job.ended_at, Job.backend

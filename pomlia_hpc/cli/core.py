@@ -10,11 +10,11 @@ from rich.table import Table
 from sqlalchemy import select
 
 from pomlia_hpc.cli.app import STATE, app, console
-from pomlia_hpc.cli.listing import check_limit
 from pomlia_hpc.cli.polling import poll_start, refresh_for_listing, say_unsure, unsure_states
 from pomlia_hpc.cli.tables import ListTable, clip, shown, stack, when
 from pomlia_hpc.config import load_cluster_profile
 from pomlia_hpc.registry import Job
+from pomlia_hpc.registry.lookup import check_limit
 
 
 @app.command()

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from pomlia_hpc.cli.app import STATE, app, console, err_console
 from pomlia_hpc.cli.core import jobs_table
 from pomlia_hpc.cli.jsonout import print_json
-from pomlia_hpc.cli.listing import JsonFlag, check_limit, print_rows
+from pomlia_hpc.cli.listing import JsonFlag, print_rows
 from pomlia_hpc.cli.polling import poll_start, refresh_for_listing, say_unsure, unsure_states
 from pomlia_hpc.cli.tables import when
 from pomlia_hpc.cli.usage_errors import registry_id
@@ -23,6 +23,7 @@ from pomlia_hpc.cluster.cancel import FORCED_CAUSE, GONE_FORCED_CAUSE, cancel_jo
 from pomlia_hpc.cluster.failures import log_files
 from pomlia_hpc.errors import ClusterError, InputError, NotFoundError
 from pomlia_hpc.registry import Job, Registry
+from pomlia_hpc.registry.lookup import check_limit
 from pomlia_hpc.vocab import FINAL_STATES, JobState
 
 #: The least time (s) worth giving the ``squeue`` for a pending job's reason.

@@ -16,7 +16,6 @@ from typing import Annotated, Any
 import typer
 
 from pomlia_hpc.cli.jsonout import print_json
-from pomlia_hpc.errors import InputError
 
 #: The ``--json`` option of every list command.
 JsonFlag = Annotated[
@@ -31,9 +30,3 @@ def print_rows(rows: Sequence[dict[str, Any]]) -> None:
     """Print ``rows`` as one indented JSON array on stdout (times ISO 8601, paths as text;
     :mod:`pomlia_hpc.cli.jsonout`)."""
     print_json(list(rows))
-
-
-def check_limit(limit: int) -> None:
-    """Refuse a ``--limit`` below 1 (a list of nothing said nothing about why)."""
-    if limit < 1:
-        raise InputError(f"--limit {limit}: expected an integer >= 1")

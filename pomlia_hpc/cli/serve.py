@@ -13,7 +13,7 @@ from sqlalchemy import select
 from typer.core import TyperGroup
 
 from pomlia_hpc.cli.app import STATE, app, console, err_console
-from pomlia_hpc.cli.listing import JsonFlag, check_limit, print_rows
+from pomlia_hpc.cli.listing import JsonFlag, print_rows
 from pomlia_hpc.cli.pathopts import path_argument, path_option
 from pomlia_hpc.cli.reference import warn_few_images
 from pomlia_hpc.cli.runs import UNDEFINED, fmt
@@ -21,6 +21,7 @@ from pomlia_hpc.cli.tables import MISSING, ListTable, shown, stack, when
 from pomlia_hpc.cli.usage_errors import registry_id
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.models.archs import ARCHITECTURES
+from pomlia_hpc.registry.lookup import check_limit
 
 if TYPE_CHECKING:
     from pomlia_hpc.serve.config import ServeConfig

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.monitor.reference import resolve_model_id
 from pomlia_hpc.registry import MonitorReport, Registry
+from pomlia_hpc.registry.lookup import check_limit
 from pomlia_hpc.times import as_utc
 
 #: What a report shows in place of the p-value of a test that was not tested.
@@ -156,8 +157,7 @@ def list_reports(registry: Registry, ref: str, limit: int = 20) -> list[MonitorR
     """The newest ``limit`` reports of model ``ref`` (name, id or ``deployment:ID``), newest
     first. A ``limit`` below 1 is refused, as ``runs list`` does (0 listed nothing without
     saying why; -1 listed everything)."""
-    if limit < 1:
-        raise InputError(f"--limit {limit}: expected an integer >= 1")
+    check_limit(limit)
     model_id, deployment_id = resolve_model_id(registry, ref)
     with registry.session() as s:
         q = select(MonitorReport).where(MonitorReport.model_id == model_id)

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from pomlia_hpc.errors import NotFoundError
+from pomlia_hpc.errors import InputError, NotFoundError
 
 _Row = TypeVar("_Row")
 
@@ -26,6 +26,16 @@ KNOWN_SHOWN = 20
 #: The largest id a registry row can have (SQLite's INTEGER, PostgreSQL's bigint): a longer
 #: run of digits names no row, and SQLite cannot even take it as a parameter.
 MAX_ID = 2**63 - 1
+#: The largest ``--limit`` of a listing: more rows than any registry holds, and far below a
+#: database's LIMIT (a signed 64-bit integer: ``--limit 10**20`` was an OverflowError).
+MAX_LIMIT = 10**9
+
+
+def check_limit(limit: int) -> None:
+    """Refuse a listing's ``--limit`` below 1 (0 listed nothing without saying why, -1 listed
+    everything) or above :data:`MAX_LIMIT`."""
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InputError(f"--limit {limit}: expected an integer from 1 to {MAX_LIMIT:,}")
 
 
 #: How to make what was not found, where one command does it.

@@ -32,9 +32,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from pomlia_hpc.errors import InputError
 from pomlia_hpc.registry import Recommendation, Registry, Run, Task
-from pomlia_hpc.registry.lookup import by_name_or_id
+from pomlia_hpc.registry.lookup import by_name_or_id, check_limit
 from pomlia_hpc.strategy.kb import counted_epochs_by_task
 from pomlia_hpc.strategy.runstats import run_strategy
 
@@ -135,8 +134,7 @@ def _points(best: float | None, value: float | None) -> float | None:
 def outcomes(registry: Registry, task: str | None = None, limit: int = 20) -> list[Outcome]:
     """The newest ``limit`` recorded answers (of ``task``, a name or id, if given) scored
     against the runs on their task since each was made; newest first."""
-    if limit < 1:
-        raise InputError(f"--limit {limit}: expected an integer >= 1")
+    check_limit(limit)
     with registry.session() as s:
         q = select(Recommendation).order_by(Recommendation.id.desc()).limit(limit)
         if task is not None:
