@@ -252,6 +252,9 @@ def test_a_demo_killed_after_registering_has_its_bundle_recorded(
         ({"num_classes": 1}, "--classes 1: a multi-class task has at least 2 classes"),
         ({"task_type": "binary-class", "num_classes": 3}, "a binary task has 2 classes"),
         ({"task_type": "regression"}, "task type 'regression' is not supported"),
+        # an overflow building the network (a traceback)
+        ({"num_classes": 10**20}, "--classes 100000000000000000000: expected 1 to 500"),
+        ({"image_size": 10**20}, "--image-size 100000000000000000000: expected 8 to 4096 px"),
     ],
 )
 def test_demo_settings_no_served_image_can_meet_are_refused(
@@ -343,4 +346,20 @@ def test_register_refuses_a_checkpoint_that_does_not_load_and_copies_nothing(
     text.write_text("hi\n")
     err = refused("model", "register", "m", str(text))
     assert "not a readable classifier checkpoint (not a file torch.save wrote" in err, err
+    # A NaN std (every output NaN, blamed on the model at export) and a size that overflowed
+    # building the network (a traceback at export) are refused by their field.
+    nan = {"mean": [0.5] * 3, "std": [float("nan")] * 3}
+    for key, value, said in (
+        ("preprocessing", nan, "'preprocessing' needs 3 finite means and 3 positive finite"),
+        ("image_size", 10**30, "image_size"),
+        ("num_classes", 10**30, "num_classes"),
+    ):
+        path = write_torch(
+            tmp_path / f"{key}.pt",
+            {"format": FORMAT, "meta": {**meta, key: value}, "state_dict": weights},
+        )
+        err = refused("model", "register", "m", str(path))
+        assert said in err and "Traceback" not in err, err
+    err = refused("model", "register", "m", str(tmp_path))  # a folder
+    assert f"{tmp_path} is a folder: expected a classifier checkpoint file" in err, err
     assert not workspace.path("models").exists() or not any(workspace.path("models").iterdir())

@@ -7,6 +7,7 @@ network. Task types come from :mod:`pomlia_hpc.vocab`.
 
 from __future__ import annotations
 
+import math
 import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -83,14 +84,22 @@ def check_label_names(names: Sequence[str]) -> None:
             )
 
 
+#: Ceilings of a checkpoint's sizes, far above any real model (`data add --max-classes` and
+#: `--max-side-px` may raise the ingest's defaults): past them, building the network overflowed,
+#: a traceback at export.
+MAX_META_CLASSES = 1_000_000
+MAX_META_SIDE = 65_536
+MAX_META_CHANNELS = 1024
+
+
 class ClassifierMeta(Record):
     """Everything needed to rebuild, serve and describe a classifier (stored in its checkpoint;
     read back with :meth:`from_dict`, which refuses unknown keys)."""
 
     arch: str
-    num_classes: int
-    in_channels: int
-    image_size: int
+    num_classes: int = Field(ge=1, le=MAX_META_CLASSES)
+    in_channels: int = Field(ge=1, le=MAX_META_CHANNELS)
+    image_size: int = Field(ge=1, le=MAX_META_SIDE)
     task_type: str
     label_names: tuple[str, ...]
     preprocessing: Preprocessing | None = None  # None: Preprocessing.default(in_channels)
@@ -117,10 +126,12 @@ class ClassifierMeta(Record):
         if self.preprocessing is None:
             object.__setattr__(self, "preprocessing", Preprocessing.default(channels))
         pre = self.pre
-        if len(pre.mean) != channels or len(pre.std) != channels or min(pre.std) <= 0:
+        finite = all(math.isfinite(v) for v in (*pre.mean, *pre.std))
+        # NaN passes `<= 0`: a NaN std made every output NaN, blamed on the model at export.
+        if len(pre.mean) != channels or len(pre.std) != channels or not finite or min(pre.std) <= 0:
             raise ValueError(
-                f"'preprocessing' needs {channels} means and {channels} positive stds, got "
-                f"{list(pre.mean)} / {list(pre.std)}"
+                f"'preprocessing' needs {channels} finite means and {channels} positive finite "
+                f"stds, got {list(pre.mean)} / {list(pre.std)}"
             )
         return self
 

@@ -95,6 +95,8 @@ def read_meta(path: str | Path) -> ClassifierMeta:
 
 
 def _load_raw(path: Path) -> tuple[ClassifierMeta, dict[str, torch.Tensor]]:
+    if path.is_dir():
+        raise InputError(f"{path} is a folder: expected a classifier checkpoint file")
     if not path.is_file():
         raise NotFoundError(f"classifier checkpoint {path} does not exist")
     try:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from pomlia_hpc.data.sources.base import MAX_CLASSES, MAX_SIDE_PX
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.files import write_atomic
 from pomlia_hpc.models.card import model_card
@@ -46,6 +47,11 @@ def save_demo_checkpoint(
         raise InputError(f"--classes {num_classes}: a binary task has 2 classes")
     if task_type in (TaskType.MULTI_CLASS, TaskType.ORDINAL) and num_classes < 2:
         raise InputError(f"--classes {num_classes}: a {task_type} task has at least 2 classes")
+    # An untrained stand-in: sizes of a real data set (a huge one overflowed building it).
+    if not 1 <= num_classes <= MAX_CLASSES:
+        raise InputError(f"--classes {num_classes}: expected 1 to {MAX_CLASSES}")
+    if not 8 <= image_size <= MAX_SIDE_PX:
+        raise InputError(f"--image-size {image_size}: expected 8 to {MAX_SIDE_PX} px")
     torch.manual_seed(seed)
     model = build_classifier(arch, num_classes, channels, image_size=image_size)
     save_classifier(
