@@ -95,6 +95,12 @@ def test_a_bad_grid_path_is_refused_before_anything_is_printed(
         (("--max-rows", "0"), "max-rows"),
         (("--split", "bogus"), "bogus"),
         (("--classes", "5"), "5"),
+        # a canvas past any use (10**9 columns overflowed: a traceback)
+        (("--per-class", "1000000000"), "--per-class 1000000000: expected 1 to 100"),
+        (("--max-rows", "101"), "--max-rows 101: expected 1 to 100"),
+        # empty (an unset variable): read as "every class" / "every split" before
+        (("--classes", ""), "class '' is not in this data set"),
+        (("--split", ""), "--split is empty"),
     ],
 )
 def test_bad_grid_options_are_refused_before_the_record_is_printed(

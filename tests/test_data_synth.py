@@ -75,6 +75,8 @@ def test_other_sizes_use_medmnist_file_names(tmp_path: Path) -> None:
     ("options", "message"),
     [
         ({"scale": -1}, "scale -1 is not valid"),
+        ({"scale": float("inf")}, "scale inf is not valid: expected a number > 0 and at most 100"),
+        ({"scale": float("nan")}, "scale nan is not valid"),
         ({"seed": -1}, "seed -1 is not valid"),  # a ValueError traceback from numpy before
         ({"size": 30}, "size 30 is not available"),
         ({"flags": ["breastmnist", "nosuch"]}, "'nosuch' is not a MedMNIST 2D dataset"),

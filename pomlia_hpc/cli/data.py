@@ -434,7 +434,9 @@ def _plan_grid(
     from pomlia_hpc.data.store import open_store
 
     store = open_store(store_path)
-    chosen = [c.strip() for c in classes.split(",")] if classes else None
+    # An empty --classes (an unset variable) is refused as the empty name it holds, not
+    # read as "every class".
+    chosen = [c.strip() for c in classes.split(",")] if classes is not None else None
     return store, plan_grid(
         store, per_class=per_class, split=split, classes=chosen, max_rows=max_rows
     )

@@ -17,6 +17,9 @@ from pomlia_hpc.errors import InputError
 from pomlia_hpc.files import check_png_suffix, probe_writable, write_atomic
 
 MAX_ROWS = 20
+#: The largest --per-class and --max-rows: a grid is for the eye, and the canvas grows with
+#: both (a billion columns overflowed; ten thousand would have been a GB of pixels).
+MAX_GRID_SIDE = 100
 """Rows (classes) a grid draws unless told otherwise (``--max-rows``); the rest are named."""
 TITLE_PX = 20
 """Height of the title band above the rows, px."""
@@ -138,8 +141,11 @@ def plan_grid(
     """Choose the images of a sample grid: ``per_class`` random images (seeded by ``seed``)
     of each class in ``classes`` (names or indices; default all) from ``split`` (default all
     splits), at most ``max_rows`` rows; the classes past the cap are in ``left_out``."""
-    if per_class < 1 or max_rows < 1:
-        raise InputError("sample grid: --per-class and --max-rows must be at least 1")
+    for option, value in (("--per-class", per_class), ("--max-rows", max_rows)):
+        if not 1 <= value <= MAX_GRID_SIDE:
+            raise InputError(f"sample grid: {option} {value}: expected 1 to {MAX_GRID_SIDE}")
+    if split is not None and not split.strip():
+        raise InputError("sample grid: --split is empty: expected train, val or test")
     lo, hi = store.split_range(split) if split else (0, store.n_images)
     labels = store.read_labels(lo, hi)
     names = store.class_names

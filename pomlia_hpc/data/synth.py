@@ -66,12 +66,17 @@ _KEYS = ("train", "val", "test")
 #: Images generated (and written) per batch are bounded to about this many float32 pixels
 #: (64 MiB; a style makes a few such arrays): the memory `data synth` needs at any scale.
 BATCH_PIXELS = 1 << 24
+#: The largest --scale: 100 times MedMNIST is 70 million images, past any test's need.
+MAX_SCALE = 100.0
 
 
 def split_sizes(flag: str, scale: float) -> dict[str, int]:
     """MedMNIST's split sizes times ``scale`` (rounded, at least 1 each)."""
-    if not scale > 0:
-        raise InputError(f"look-alike scale {scale} is not valid: expected a number > 0")
+    if not 0 < scale <= MAX_SCALE:  # NaN fails too; inf overflowed the sizes
+        raise InputError(
+            f"look-alike scale {scale} is not valid: expected a number > 0 and at most "
+            f"{MAX_SCALE:g} (MedMNIST's sizes times it)"
+        )
     info = flag_info(flag)
     return {k: max(1, round(info.n_samples[k] * scale)) for k in _KEYS}
 
