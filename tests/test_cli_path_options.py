@@ -21,6 +21,7 @@ from pomlia_hpc.workspace import Workspace
         (["serve", "m", "--address-file", " "], "'--address-file'"),
         (["data", "harvest", "m", "--log-dir", ""], "'--log-dir'"),
         (["data", "synth", ""], "'OUT'"),
+        (["data", "add", "bloodmnist", ""], "SOURCE"),  # it downloaded MedMNIST instead
         (["report", "--out", ""], "'--out'"),
         (["--home", "", "status"], "'--home'"),
     ],

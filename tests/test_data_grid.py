@@ -26,11 +26,11 @@ from tests.fixtures.cli import cli_ok
 pytestmark = pytest.mark.usefixtures("wide_console")
 
 
-def _npz(path: Path, n_classes: int = 2, per_split: int = 20) -> Path:
+def _npz(path: Path, n_classes: int = 2, per_split: int = 20, side: int = 8) -> Path:
     rng = np.random.default_rng(0)
     arrays = {}
     for s in ("train", "val", "test"):
-        arrays[f"{s}_images"] = rng.integers(0, 255, (per_split, 8, 8), dtype=np.uint8)
+        arrays[f"{s}_images"] = rng.integers(0, 255, (per_split, side, side), dtype=np.uint8)
         arrays[f"{s}_labels"] = (np.arange(per_split) % n_classes)[:, None]
     np.savez(path, **arrays)  # type: ignore[arg-type]
     return path
@@ -96,8 +96,8 @@ def test_a_bad_grid_path_is_refused_before_anything_is_printed(
         (("--split", "bogus"), "bogus"),
         (("--classes", "5"), "5"),
         # a canvas past any use (10**9 columns overflowed: a traceback)
-        (("--per-class", "1000000000"), "--per-class 1000000000: expected 1 to 100"),
-        (("--max-rows", "101"), "--max-rows 101: expected 1 to 100"),
+        (("--per-class", "1000000000"), "--per-class 1000000000: expected 1 to 64"),
+        (("--max-rows", "65"), "--max-rows 65: expected 1 to 64"),
         # empty (an unset variable): read as "every class" / "every split" before
         (("--classes", ""), "class '' is not in this data set"),
         (("--split", ""), "--split is empty"),
@@ -197,3 +197,13 @@ def test_a_class_with_fewer_images_than_columns_says_how_many(
         TITLE_PX + 2 : TITLE_PX + 60, LABEL_WIDTH_PX + 4 * 66 + 2 : LABEL_WIDTH_PX + 5 * 66
     ]
     assert (tile != 255).any()
+
+
+def test_large_images_are_shrunk_to_the_tile_size(workspace: Workspace, tmp_path: Path) -> None:
+    """Tiles were drawn at the images' own size: 4096 px images made a canvas of gigabytes."""
+    cli_ok("data", "add", "big", str(_npz(tmp_path / "big.npz", per_split=4, side=300)))
+    out = tmp_path / "g.png"
+    cli_ok("data", "show", "big", "--grid", str(out), "--per-class", "2")
+    with Image.open(out) as im:
+        # the label column, then 2 tiles of at most 128 px (and their 1 px borders) per row
+        assert im.width == 120 + 2 * (128 + 2), im.size

@@ -219,6 +219,9 @@ def test_bad_settings_record_no_loop_run(tmp_path: Path, workspace: Workspace) -
     res = runner.invoke(app, ["loop", "run", "prdo"])
     assert isinstance(res.exception, NotFoundError), res.output
     assert "slot 'prdo' not found; known: prod" in str(res.exception)
+    assert "hint: a slot is made by putting a model on it: pomlia deploy promote" in str(
+        res.exception
+    )
     with reg.session() as s:
         assert s.query(LoopRun).count() == 0
     assert [x.version for x in list_versions(reg)] == [v.version]

@@ -5,6 +5,7 @@ night. The input-drift tests are skipped below 10 reference fingerprints, with a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -70,7 +71,11 @@ def test_the_line_said_before_the_tests_names_only_those_that_run() -> None:
     assert planned_tests(_window(rng), _reference(2, rng)) == ["labels", "confidence"]
     win = _window(rng)
     win.labels.tested.append((0, 1, "2026-12-01T01:00:00+00:00"))
-    assert planned_tests(win, _reference(MIN_VECTORS, rng), "auc") == [
+    ref = _reference(MIN_VECTORS, rng)
+    # a reference of an older version keeps no probabilities: accuracy alone is tested
+    assert planned_tests(win, ref, "auc")[-1] == "accuracy"
+    with_probs = dataclasses.replace(ref, probabilities=np.full((MIN_VECTORS, 2), 0.5))
+    assert planned_tests(win, with_probs, "auc") == [
         "MMD",
         "KS",
         "classifier",

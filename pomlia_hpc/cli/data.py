@@ -202,6 +202,11 @@ def add(
     The result goes to stdout; progress, notes and warnings to stderr."""
     from pomlia_hpc.data.api import ingest
 
+    if source is not None and not source.strip():  # an unset variable: not "the MedMNIST flag"
+        raise typer.BadParameter(
+            "an empty path: expected a file or folder (an unset shell variable gives one)",
+            param_hint="SOURCE",
+        )
     src = source or (f"medmnist:{name}" if name in FLAGS_2D else None)
     if src is None:
         raise typer.BadParameter(

@@ -321,8 +321,9 @@ def loop_run(
 
     Exit status: 0 done or stopped by the gate; 1 the loop run failed (the reason is printed);
     2 bad options or input; 3 the slot's unfinished run is held by another live driver (a
-    watcher); 130 (Ctrl-C) or 143 (SIGTERM): stopped, the run recorded interrupted and the
-    local jobs it started stopped; the same command resumes it."""
+    watcher); 4 no model was ever put on SLOT (a typo, or a new slot); 130 (Ctrl-C) or 143
+    (SIGTERM): stopped, the run recorded interrupted and the local jobs it started stopped;
+    the same command resumes it."""
     cfg = _settings(locals(), recommend=not no_recommend)
     from pomlia_hpc.loop.api import run_loop
 

@@ -17,10 +17,16 @@ from pomlia_hpc.errors import InputError
 from pomlia_hpc.files import check_png_suffix, probe_writable, write_atomic
 
 MAX_ROWS = 20
-#: The largest --per-class and --max-rows: a grid is for the eye, and the canvas grows with
-#: both (a billion columns overflowed; ten thousand would have been a GB of pixels).
-MAX_GRID_SIDE = 100
 """Rows (classes) a grid draws unless told otherwise (``--max-rows``); the rest are named."""
+MAX_GRID_SIDE = 64
+"""The largest ``--per-class`` and ``--max-rows``: a grid is for the eye (a billion columns
+overflowed, a traceback). With tiles of at most :data:`TILE_MAX_PX` the canvas stays under
+about 70 megapixels."""
+TILE_MAX_PX = 128
+"""Longest side of a tile, px: larger images are shrunk (a 4096 px data set drew 4096 px
+tiles: gigabytes of canvas at the default size)."""
+READ_BUDGET_BYTES = 512 << 20
+"""Most pixel bytes a grid reads (its picked images at full size), or it is refused."""
 TITLE_PX = 20
 """Height of the title band above the rows, px."""
 EMPTY_TILE = (235, 235, 235)
@@ -159,6 +165,13 @@ def plan_grid(
         if len(hits):
             picks = np.sort(rng.choice(hits, size=min(per_class, len(hits)), replace=False)) + lo
         rows.append(GridRow(cls, names[cls], picks, len(hits)))
+    needed = sum(len(r.picks) for r in rows) * int(np.prod(store.image_shape))
+    if needed > READ_BUDGET_BYTES:
+        raise InputError(
+            f"sample grid: {needed >> 20} MiB of images to read ({store.image_shape[0]} px "
+            f"images), at most {READ_BUDGET_BYTES >> 20} MiB: expected a smaller --per-class or "
+            "--max-rows"
+        )
     title = f"{store.ref}, {split or 'all'} split{'' if split else 's'}"
     if len(wanted) > max_rows:  # the figure itself says it is not the whole set
         title += f", {max_rows} of {len(wanted)} classes"
@@ -193,11 +206,14 @@ def draw_grid(store: DatasetStore, plan: GridPlan, out: str | Path) -> Path:
     """Draw ``plan`` (:func:`plan_grid`) to ``out`` (PNG, written atomically; see
     :func:`check_grid_path`): a title band, then one row per class with its label and, under
     it, the class's image count when it has fewer than the columns (those tiles hatched grey);
-    images under 64 px are enlarged for legibility."""
+    images under 64 px are enlarged for legibility, those over :data:`TILE_MAX_PX` shrunk."""
     out = check_grid_path(out)
     h, w, c = store.image_shape
     zoom = max(1, 64 // max(h, w))
-    cell_h, cell_w = h * zoom + 2, w * zoom + 2
+    tile_h, tile_w = h * zoom, w * zoom
+    if max(h, w) > TILE_MAX_PX:  # shrunk, the longest side to TILE_MAX_PX
+        tile_h, tile_w = max(1, h * TILE_MAX_PX // max(h, w)), max(1, w * TILE_MAX_PX // max(h, w))
+    cell_h, cell_w = tile_h + 2, tile_w + 2
     tiles = _read_tiles(store, [r.picks for r in plan.rows])
     width = LABEL_WIDTH_PX + plan.columns * cell_w
     canvas = Image.new("RGB", (width, TITLE_PX + len(plan.rows) * cell_h), "white")
@@ -218,11 +234,13 @@ def draw_grid(store: DatasetStore, plan: GridPlan, out: str | Path) -> Path:
         for j in range(plan.columns):
             x = LABEL_WIDTH_PX + j * cell_w + 1
             if j >= len(row.picks):
-                _empty_tile(draw, x, top + 1, w * zoom, h * zoom)
+                _empty_tile(draw, x, top + 1, tile_w, tile_h)
                 continue
             img = tiles[int(row.picks[j])]
             tile = Image.fromarray(img[..., 0] if c == 1 else img).convert("RGB")
-            canvas.paste(tile.resize((w * zoom, h * zoom), Image.Resampling.NEAREST), (x, top + 1))
+            # Enlarged by whole pixels (NEAREST: crisp), shrunk by averaging (BOX: no aliasing).
+            how = Image.Resampling.NEAREST if tile_w >= w else Image.Resampling.BOX
+            canvas.paste(tile.resize((tile_w, tile_h), how), (x, top + 1))
     try:
         write_atomic(out, lambda f: canvas.save(f, format="PNG"), fsync=False)
     except OSError as exc:

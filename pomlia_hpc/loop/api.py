@@ -10,10 +10,8 @@ not the new ones); ``new=True`` starts another. A run of a retrain request resum
 
 from __future__ import annotations
 
-import shlex
 from datetime import UTC, datetime
 
-from pomlia_hpc.errors import InputError
 from pomlia_hpc.loop import requests
 from pomlia_hpc.loop.claim import check_free
 from pomlia_hpc.loop.driver import LoopResult, Progress, Stage, open_run, run_stages
@@ -45,13 +43,8 @@ def run_loop(
     settings = settings or LoopSettings()
     check_settings(settings)
     entry = champion(registry, slot)
-    if entry is None and slot not in (known := slots(registry)):
-        raise not_found("slot", slot, known)  # a typo: exit 4, as `loop show` says it
-    if entry is None:
-        raise InputError(
-            f"deployment slot '{slot}' serves no model; put one on it first: "
-            f"`pomlia deploy promote {shlex.quote(slot)} MODEL`"
-        )
+    if entry is None:  # never promoted to (a typo, or a new slot): exit 4, as `loop show`
+        raise not_found("slot", slot, slots(registry))
     model = resolve_model(registry, str(entry.model_id))
     parent, _ = training_version(registry, model)
     start = since or default_since(parent)

@@ -240,7 +240,9 @@ def planned_tests(win: LogWindow, ref: Reference, metric: str = "acc") -> list[s
     if win.n_predictions:
         names += ["confidence"] if ref.task_type == "multi-label" else ["labels", "confidence"]
     if win.feedback:
-        names.append("accuracy" if metric == "acc" else f"{metric} and accuracy")
+        # An AUC task's reference of an older version keeps no probabilities: accuracy alone.
+        no_auc = metric == "auc" and ref.probabilities is None
+        names.append("accuracy" if metric == "acc" or no_auc else f"{metric} and accuracy")
     return names
 
 

@@ -39,7 +39,10 @@ def check_limit(limit: int) -> None:
 
 
 #: How to make what was not found, where one command does it.
-HINTS = {"task": "pomlia task add NAME --dataset D --metric M"}
+HINTS = {
+    "task": "pomlia task add NAME --dataset D --metric M",
+    "slot": "a slot is made by putting a model on it: pomlia deploy promote SLOT MODEL",
+}
 
 
 def not_found(what: str, ref: object, known: Sequence[str]) -> NotFoundError:
