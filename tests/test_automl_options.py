@@ -37,6 +37,9 @@ from tests.fixtures.factories import donor_model, tiny_task
         ({"parallel": "2"}, "--parallel '2': Input should be a valid integer"),
         ({"seed": -1}, "--seed -1: expected an integer from 0 to 4294967295"),
         ({"seed": 2**32}, "--seed 4294967296: expected an integer from 0 to 4294967295"),
+        # crashed in SMAC's initial design (exit 70), its study folder already written
+        ({"n_trials": 10**20}, "--trials 100000000000000000000: expected an integer from 1 to"),
+        ({"parallel": 10**7}, "--parallel 10000000: expected an integer from 1 to 1,000,000"),
     ],
 )
 def test_each_rule_is_one_line(options: dict[str, object], message: str) -> None:

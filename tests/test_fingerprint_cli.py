@@ -178,3 +178,18 @@ def test_plot_out_naming_an_image_file_is_refused(
     assert "is an image file name, but --out is a folder" in said, said
     assert "latent_scatter.png" in said and "latent_means.png" in said, said
     assert not (tmp_path / name).exists() and not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("lr", float("inf")), ("lr", 1e308), ("num_workers", 100_000)],
+)
+def test_training_settings_past_any_use_are_refused(field: str, value: float) -> None:
+    """`--lr inf` trained NaN weights that were registered and broke `similar` (exit 70);
+    `--workers 100000` forked DataLoader workers of ~0.5 GB each until memory ran out."""
+    from pydantic import ValidationError
+
+    from pomlia_hpc.fingerprint.train import TrainConfig
+
+    with pytest.raises(ValidationError, match=field):
+        TrainConfig(**{field: value})

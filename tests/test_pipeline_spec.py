@@ -60,6 +60,7 @@ def test_shipped_pipelines_parse(name: str) -> None:
         # refused by its study only, as "--seed -1", after the stages before it had run
         ({**LEARN, "automl": {"seed": -1}}, "bad value for 'automl.seed'"),
         ({**LEARN, "automl": {"seed": 2**32}}, "bad value for 'automl.seed'"),
+        ({**LEARN, "automl": {"trials": 10**20}}, "bad value for 'automl.trials'"),
         ({"index": {}}, "section 'index' needs an 'encoder' section"),
         ({"execution": {"mode": "dag"}}, "bad value for 'execution.mode'"),
         ({"monitor": {"at": "25:00"}}, "bad value for 'monitor.at'"),

@@ -14,20 +14,28 @@ from pomlia_hpc.fingerprint.objectives import DEFAULT_OBJECTIVE, ObjectiveName
 __all__ = ["TrainConfig", "normalise_config"]
 
 
+#: The most DataLoader workers a rank may start.
+MAX_WORKERS = 64
+
+
 class TrainConfig(BaseModel):
     """Hyper-parameters of one encoder training (stored in the registry with the encoder)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No inf or NaN: `--lr inf` trained to NaN weights, registered, and broke `similar`.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     encoder: EncoderConfig = EncoderConfig()
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1, description="images per process per step")
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(1e-3, gt=0, le=10.0)
     seed: int = 0
     split: Literal["train", "val", "test", "all"] = "train"
     max_images_per_dataset: int | None = Field(None, ge=1)
     processes: int = Field(1, ge=1, description="data-parallel ranks the job spawns")
-    num_workers: int = Field(1, ge=0, description="DataLoader worker processes per rank")
+    # A bound: each worker is a process of ~0.5 GB (`--workers 100000` forked until memory ran out).
+    num_workers: int = Field(
+        1, ge=0, le=MAX_WORKERS, description="DataLoader worker processes per rank"
+    )
     precision: Literal["fp32", "bf16"] = "fp32"
     zero_stage: int = Field(0, ge=0, le=2)
     objective: ObjectiveName = Field(

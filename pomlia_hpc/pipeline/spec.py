@@ -200,10 +200,11 @@ class AutoMLSpec(_Strict):
     fingerprint encoder's weights (a ResNet-18, whatever ``archs`` lists); left out, it is on
     only when ``archs`` is left out too, so a file that names its architectures gets those."""
 
-    trials: Int = Field(20, ge=1)
-    max_epochs: Int = Field(9, ge=1)
-    min_epochs: Int = Field(1, ge=1)
-    parallel: Int = Field(2, ge=1)
+    # At most as `automl run` takes (STUDY_COUNT_MAX): the dry run passed 10**20 trials.
+    trials: Int = Field(20, ge=1, le=1_000_000)
+    max_epochs: Int = Field(9, ge=1, le=1_000_000)
+    min_epochs: Int = Field(1, ge=1, le=1_000_000)
+    parallel: Int = Field(2, ge=1, le=1_000_000)
     optimizer: Literal["smac", "random"] = "smac"
     archs: tuple[str, ...] | None = None
     use_encoder: bool = True

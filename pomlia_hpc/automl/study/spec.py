@@ -33,6 +33,8 @@ STUDY_NAME_MAX = 96
 OPTIMIZERS = ("smac", "random")
 #: The largest study seed: SMAC and the search space seed numpy (32 bits).
 SEED_MAX = 2**32 - 1
+#: The most trials, epochs or parallel jobs a study may ask for.
+STUDY_COUNT_MAX = 1_000_000
 #: The name of a loop run's study (and task): ``<slot>-loop<run id>``.
 _LOOP_NAME = re.compile(r".+-loop(\d+)")
 
@@ -69,6 +71,13 @@ class StudyOptions(BaseModel):
             low = 2 if key == "eta" else 1
             if value is not None and value < low:
                 raise ValueError(f"{option_name(key)} {value}: expected an integer >= {low}")
+            # Past any study (`--trials 10**20` crashed in SMAC's initial design, its folder
+            # already written): a million trials, epochs or parallel jobs.
+            if value is not None and value > STUDY_COUNT_MAX:
+                raise ValueError(
+                    f"{option_name(key)} {value}: expected an integer from {low} to "
+                    f"{STUDY_COUNT_MAX:,}"
+                )
         if not 0 <= self.seed <= SEED_MAX:  # numpy's and ConfigSpace's seeds: 32 bits
             raise ValueError(f"--seed {self.seed}: expected an integer from 0 to {SEED_MAX}")
         if self.min_epochs > self.max_epochs:
