@@ -64,6 +64,8 @@ def test_shipped_pipelines_parse(name: str) -> None:
         ({"index": {}}, "section 'index' needs an 'encoder' section"),
         ({"execution": {"mode": "dag"}}, "bad value for 'execution.mode'"),
         ({"monitor": {"at": "25:00"}}, "bad value for 'monitor.at'"),
+        # YAML's unquoted 2:00 is 120: said as such, not "expected text (got 120)"
+        ({"monitor": {"at": 120}}, "read as the number 120 (YAML takes an unquoted H:MM as"),
         ({"monitor": {"window": "0h"}}, "bad value for 'monitor.window'"),  # was a cron line
         ({"name": "has space"}, "bad value for 'name'"),
         # A stage turned off, which an enabled one needs: that one failed after AutoML ran.

@@ -241,6 +241,18 @@ class MonitorSpec(_Strict):
     on_alarm: str | None = None
     enabled: bool = True
 
+    @field_validator("at", mode="before")
+    @classmethod
+    def _at_unquoted(cls, value: object) -> object:
+        # YAML reads an unquoted 2:00 as 120 (base 60): "expected text (got 120)" named a
+        # number the user never wrote.
+        if isinstance(value, int) and not isinstance(value, bool):
+            raise ValueError(
+                f"read as the number {value} (YAML takes an unquoted H:MM as a number): "
+                'expected a time of day in quotes, e.g. at: "02:00"'
+            )
+        return value
+
 
 #: A stage or driver job's resources where ``execution.resources`` does not say (GB, minutes).
 DRIVER_RESOURCES = Resources(cpus_per_task=1, mem_gb=4, time_min=24 * 60)
