@@ -173,7 +173,10 @@ def test_jobs_list_show_cancel(workspace: Workspace) -> None:
     res = runner.invoke(app, ["jobs", "list", "--state", "cancelled"])
     assert "sleeper" in res.output
     # A mistyped state or a limit below 1 is one error, not an empty (or unlimited) list.
-    for bad, says in ((["--state", "canceled"], "not a job state"), (["--limit", "-1"], ">= 1")):
+    for bad, says in (
+        (["--state", "canceled"], "not a job state"),
+        (["--limit", "-1"], "from 1 to"),
+    ):
         with pytest.raises(InputError, match=says):
             runner.invoke(app, ["jobs", "list", *bad], catch_exceptions=False)
     with reg.session() as sess:

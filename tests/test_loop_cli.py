@@ -271,10 +271,13 @@ def test_the_watcher_itself_refuses_a_bad_interval(workspace: Workspace) -> None
 
 def test_a_suggested_command_quotes_the_slot(workspace: Workspace) -> None:
     """`loop run 'bad slot/..'` suggested `pomlia deploy promote bad slot/.. MODEL`, which a
-    shell splits into other arguments; every user value in a suggested command is quoted."""
+    shell splits into other arguments. A slot never promoted to is not found now, and its hint
+    names no user value (a placeholder) where the message quotes the slot."""
     res = runner.invoke(app, ["loop", "run", "bad slot/.."])
-    assert isinstance(res.exception, InputError), (res.output, res.exception)
-    assert "`pomlia deploy promote 'bad slot/..' MODEL`" in str(res.exception)
+    assert isinstance(res.exception, NotFoundError), (res.output, res.exception)
+    said = str(res.exception)
+    assert said.startswith("slot 'bad slot/..' not found; known: none"), said
+    assert "pomlia deploy promote SLOT MODEL" in said and "promote bad" not in said, said
 
 
 def test_loop_show_prints_stage_outputs_as_text_not_python_reprs(
