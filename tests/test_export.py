@@ -425,6 +425,10 @@ def test_bundle_card_errors_name_the_field(tmp_path: Path, small_bundle: Path) -
     with pytest.raises(InputError, match=r"bad value for 'input\.channels'"):
         ExportedBundle.open(root)
     card["input"]["channels"] = 1
+    nan = {**card, "preprocessing": {**card["preprocessing"], "std": [float("nan")]}}
+    (root / "card.json").write_text(json.dumps(nan))  # a hand-edited card: every answer NaN
+    with pytest.raises(InputError, match=r"'preprocessing' needs finite means and positive"):
+        ExportedBundle.open(root)
     (root / "card.json").write_text(json.dumps({**card, "lables": ["a"]}))
     with pytest.raises(InputError) as exc:
         ExportedBundle.open(root)

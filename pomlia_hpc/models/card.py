@@ -179,6 +179,17 @@ class CardPreprocessing(Record):
             return {k: v for k, v in data.items() if k != "scale"}
         return data
 
+    @model_validator(mode="after")
+    def _finite(self) -> CardPreprocessing:
+        # As a checkpoint's (ClassifierMeta): a NaN std of a hand-edited card made every
+        # answer NaN.
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std)) or min(self.std or [0]) <= 0:
+            raise ValueError(
+                f"'preprocessing' needs finite means and positive finite stds, got "
+                f"{self.mean} / {self.std}"
+            )
+        return self
+
 
 class ModelCard(Record):
     """An exported bundle's ``card.json``: the card :func:`model_card` builds, plus what the
