@@ -17,7 +17,7 @@ from pomlia_hpc.cli.app import STATE, app, console, err_console
 from pomlia_hpc.cli.data_notes import print_ingested
 from pomlia_hpc.cli.jsonout import print_json
 from pomlia_hpc.cli.listing import JsonFlag, print_rows
-from pomlia_hpc.cli.pathopts import path_argument, path_option
+from pomlia_hpc.cli.pathopts import nonempty_path, path_argument, path_option
 from pomlia_hpc.cli.tables import ListTable, shown, stack, when
 from pomlia_hpc.data.medmnist_info import FLAGS_2D
 from pomlia_hpc.progress import Reporter, progress
@@ -202,11 +202,8 @@ def add(
     The result goes to stdout; progress, notes and warnings to stderr."""
     from pomlia_hpc.data.api import ingest
 
-    if source is not None and not source.strip():  # an unset variable: not "the MedMNIST flag"
-        raise typer.BadParameter(
-            "an empty path: expected a file or folder (an unset shell variable gives one)",
-            param_hint="SOURCE",
-        )
+    if source is not None:  # an empty one (an unset variable) is not "the MedMNIST flag"
+        nonempty_path(source, param_hint="SOURCE")
     src = source or (f"medmnist:{name}" if name in FLAGS_2D else None)
     if src is None:
         raise typer.BadParameter(

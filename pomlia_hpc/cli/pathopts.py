@@ -14,12 +14,13 @@ import typer
 PATH_METAVAR = "<path>"
 
 
-def nonempty_path(value: str) -> Path:
+def nonempty_path(value: str, param_hint: str | None = None) -> Path:
     """The parser of every path parameter: ``value`` as a :class:`Path`, refused when empty
-    or only blanks."""
+    or only blanks (``param_hint`` names a parameter typer does not name itself)."""
     if not value.strip():
         raise typer.BadParameter(
-            "an empty path: expected a file or folder (an unset shell variable gives one)"
+            "an empty path: expected a file or folder (an unset shell variable gives one)",
+            param_hint=param_hint,
         )
     return Path(value)
 

@@ -92,6 +92,13 @@ MAX_META_SIDE = 65_536
 MAX_META_CHANNELS = 1024
 
 
+def usable_stats(pre: Preprocessing | CardPreprocessing) -> bool:
+    """Whether ``pre``'s means are finite and its stds positive and finite (NaN passes a
+    plain ``<= 0``: a NaN std made every output NaN, blamed on the model at export)."""
+    finite = all(math.isfinite(v) for v in (*pre.mean, *pre.std))
+    return finite and bool(pre.std) and min(pre.std) > 0
+
+
 class ClassifierMeta(Record):
     """Everything needed to rebuild, serve and describe a classifier (stored in its checkpoint;
     read back with :meth:`from_dict`, which refuses unknown keys)."""
@@ -126,9 +133,7 @@ class ClassifierMeta(Record):
         if self.preprocessing is None:
             object.__setattr__(self, "preprocessing", Preprocessing.default(channels))
         pre = self.pre
-        finite = all(math.isfinite(v) for v in (*pre.mean, *pre.std))
-        # NaN passes `<= 0`: a NaN std made every output NaN, blamed on the model at export.
-        if len(pre.mean) != channels or len(pre.std) != channels or not finite or min(pre.std) <= 0:
+        if len(pre.mean) != channels or len(pre.std) != channels or not usable_stats(pre):
             raise ValueError(
                 f"'preprocessing' needs {channels} finite means and {channels} positive finite "
                 f"stds, got {list(pre.mean)} / {list(pre.std)}"
@@ -183,7 +188,7 @@ class CardPreprocessing(Record):
     def _finite(self) -> CardPreprocessing:
         # As a checkpoint's (ClassifierMeta): a NaN std of a hand-edited card made every
         # answer NaN.
-        if not all(math.isfinite(v) for v in (*self.mean, *self.std)) or min(self.std or [0]) <= 0:
+        if not usable_stats(self):
             raise ValueError(
                 f"'preprocessing' needs finite means and positive finite stds, got "
                 f"{self.mean} / {self.std}"
