@@ -4,6 +4,7 @@ DeepSpeed: registration, resuming from the last epoch checkpoint, two data-paral
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from pomlia_hpc.fingerprint.autoencoder import (
     to_input,
 )
 from pomlia_hpc.fingerprint.loader import Source, StoreStream
+from pomlia_hpc.fingerprint.shards import embed_images
 from pomlia_hpc.fingerprint.train import (
     TrainConfig,
     TrainJob,
@@ -28,6 +30,7 @@ from pomlia_hpc.fingerprint.train import (
     load_encoder,
     train_encoder,
 )
+from pomlia_hpc.fingerprint.trainjob import refuse_divergence
 from pomlia_hpc.models.nets import build_classifier
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
@@ -48,6 +51,40 @@ def test_autoencoder_shapes(size: int, d: int) -> None:
     convt = [m for m in model.decoder if isinstance(m, torch.nn.ConvTranspose2d)]
     assert len(convt) == 5  # the paper's decoder
     assert model.encoder.fc.in_features == 512 and model.encoder.fc.out_features == d
+
+
+def test_an_encoder_of_nan_weights_embeds_nothing() -> None:
+    """A diverged training's weights give NaN vectors: refused where they are made, not by the
+    distances, plots and index that read them (all of which failed, exit 70)."""
+    model = Autoencoder(EncoderConfig(latent_dim=2, image_size=28)).eval()
+    images = np.zeros((3, 28, 28, 1), np.uint8)
+    assert np.isfinite(embed_images(model, images, 2, torch.device("cpu"))).all()
+    with torch.no_grad():
+        model.encoder.fc.weight.fill_(float("nan"))
+    with pytest.raises(
+        InputError,
+        match=r"non-finite latent vectors \(NaN or inf\) for images "
+        r"\[0, 2\).*diverged.*\n  hint: train the encoder again with a lower --lr",
+    ):
+        embed_images(model, images, 2, torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    ("loss", "val", "said"),
+    [
+        (math.nan, 0.5, "loss nan"),
+        (0.5, math.inf, "held-out loss inf"),
+        (math.inf, None, "loss inf"),
+    ],
+)
+def test_a_diverged_epoch_stops_the_training(loss: float, val: float | None, said: str) -> None:
+    refuse_divergence(0, 0.5, 0.4, 1e-3)  # finite: goes on
+    refuse_divergence(0, 0.5, None, 1e-3)  # no held-out rows
+    with pytest.raises(
+        InputError,
+        match=rf"diverged in epoch 3: {said} at learning rate 10; .*nothing is registered",
+    ):
+        refuse_divergence(2, loss, val, 10.0)
 
 
 def test_to_input_gray_rgb_and_resize() -> None:

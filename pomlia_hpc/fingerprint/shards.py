@@ -114,12 +114,23 @@ def embed_images(
     model: Autoencoder, images: np.ndarray, batch_size: int, device: torch.device
 ) -> np.ndarray:
     """float32 (n, d) latent vectors of uint8 images (n, H, W, C), in batches of
-    ``batch_size`` starting at row 0 (so a row's vector depends only on its batch)."""
+    ``batch_size`` starting at row 0 (so a row's vector depends only on its batch). An
+    :class:`InputError` when a vector is not finite."""
     out = []
     size = model.config.image_size
     for i in range(0, len(images), batch_size):
         x = to_input(images[i : i + batch_size], size).to(device)
-        out.append(model.encode(x).float().cpu().numpy())
+        z = model.encode(x).float().cpu().numpy()
+        # NaN weights (a training that diverged, registered before its epochs were checked)
+        # give NaN vectors, which every distance, plot and index downstream then failed on.
+        if not np.isfinite(z).all():
+            raise InputError(
+                f"the encoder gives non-finite latent vectors (NaN or inf) for images "
+                f"[{i}, {i + len(z)}): expected finite ones; its weights are not finite "
+                "(a training that diverged)",
+                hint="train the encoder again with a lower --lr",
+            )
+        out.append(z)
     d = model.config.latent_dim
     return np.concatenate(out) if out else np.zeros((0, d), np.float32)
 

@@ -19,6 +19,7 @@ and the kept weights; the learning rate follows ``lr_schedule`` per epoch.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
@@ -29,6 +30,7 @@ import torch
 
 from pomlia_hpc.cluster import Checkpointable, apply_distributed_env
 from pomlia_hpc.curves import CURVES_DIR, Curves
+from pomlia_hpc.errors import InputError
 from pomlia_hpc.fingerprint.autoencoder import Autoencoder
 from pomlia_hpc.fingerprint.epochlog import (
     EPOCH_LOG,
@@ -170,6 +172,7 @@ def _train_rank(
             lr = lr_at(epoch, config.epochs, config.lr, config.lr_schedule)
             loss, parts, images = _rank_epoch(engine, config, train_sources, epoch, lr, dtype)
             val = validation_loss(engine.module, val_batches, engine.device, dtype)
+            refuse_divergence(epoch, loss, val, lr)  # before its checkpoint: resume from the last
             improved = _after_epoch(state, config, epoch, (loss, val, lr), parts)
             tag = f"epoch-{epoch + 1:04d}"
             checkpoints.save(engine, epoch + 1, tag)
@@ -197,6 +200,21 @@ def _train_rank(
     result = read_result(out)
     result["resumed_from"] = resumed_from
     return result
+
+
+def refuse_divergence(epoch: int, loss: float, val: float | None, lr: float) -> None:
+    """An :class:`InputError` when epoch ``epoch`` (from 0) ended with a non-finite training or
+    held-out ``loss``: the weights diverged (at learning rate ``lr``), and an encoder of NaN
+    weights, registered, made every distance, plot and index built from it fail. Every rank
+    holds the same (all-reduced) losses, so all ranks stop together."""
+    figures = {"loss": loss, "held-out loss": val}
+    bad = [f"{k} {v}" for k, v in figures.items() if v is not None and not math.isfinite(v)]
+    if bad:
+        raise InputError(
+            f"encoder training diverged in epoch {epoch + 1}: {', '.join(bad)} at learning "
+            f"rate {lr:g}; expected finite losses; nothing is registered",
+            hint="train again with a lower --lr",
+        )
 
 
 def _rank_engine(config: TrainConfig, world: int, cpu_share: int) -> Any:
