@@ -21,35 +21,21 @@ from pomlia_hpc.automl.trial import TrialJob
 from pomlia_hpc.cluster import Checkpointable
 from pomlia_hpc.fingerprint.train import TrainJob
 
+#: A job unpickled in a fresh process: its preload imported by the unpickling (not before),
+#: then what the job imports while it runs (after submitit's handler is installed): the event
+#: writer at training's set-up, and for the encoder the loss-curve PNG at each epoch's end.
+#: Prints the C extensions that running imported, whether the unpickling imported
+#: torchvision, and whether unpickling the job in ``sys.argv[2]`` (when given, and torchvision
+#: is not imported yet) then did.
 CHECK = """
-import pickle, sys
+import json, pickle, sys, tempfile
+from pathlib import Path
 preload = {preload!r}
 assert not any(m in sys.modules for m in preload), "imported before unpickling"
 pickle.load(open(sys.argv[1], "rb"))
 missing = [m for m in preload if m not in sys.modules]
 assert not missing, f"not imported on unpickling: {{missing}}"
-"""
-
-
-@pytest.mark.parametrize("cls", [TrainJob, TrialJob])
-def test_unpickling_a_job_imports_its_preload(tmp_path: Path, cls: type[Checkpointable]) -> None:
-    assert cls.preload, f"{cls.__name__} preloads nothing"
-    # A bare instance is enough: unpickling restores __dict__ through __setstate__.
-    job = cls.__new__(cls)
-    job.__dict__["out_dir"] = str(tmp_path)
-    path = tmp_path / "job.pkl"
-    path.write_bytes(pickle.dumps(job))
-    code = CHECK.format(preload=cls.preload)
-    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-
-
-#: What each job imports while it runs (after submitit's handler is installed): the event
-#: writer at training's set-up, and for the encoder the loss-curve PNG at each epoch's end.
-RUNTIME = """
-import json, pickle, sys, tempfile
-from pathlib import Path
-pickle.load(open(sys.argv[1], "rb"))
+torchvision = "torchvision" in sys.modules
 
 def extensions():
     return {{n for n, m in list(sys.modules.items())
@@ -61,25 +47,58 @@ Curves(Path(tempfile.mkdtemp())).close()
 if {curves!r}:
     from pomlia_hpc.fingerprint.validation import write_curves
     write_curves(Path(tempfile.mkdtemp()), {{"train": [1.0, 0.5], "objective": "mse"}})
-print(json.dumps(sorted(extensions() - before)))
+ran = sorted(extensions() - before)
+then = None
+if len(sys.argv) > 2:
+    assert "torchvision" not in sys.modules, "torchvision imported by the run"
+    pickle.load(open(sys.argv[2], "rb"))
+    then = "torchvision" in sys.modules
+print(json.dumps([ran, torchvision, then]))
 """
 
 
+def _pickled(folder: Path, job: Checkpointable, name: str) -> str:
+    """``job`` pickled to ``folder/name``; the file's path."""
+    path = folder / name
+    path.write_bytes(pickle.dumps(job))
+    return str(path)
+
+
+def _trial(arch: str) -> TrialJob:
+    """A bare trial job of ``arch``: what its preload reads."""
+    job = TrialJob.__new__(TrialJob)
+    job.__dict__["request"] = SimpleNamespace(config=SimpleNamespace(arch=arch))
+    return job
+
+
 @pytest.mark.parametrize("cls", [TrainJob, TrialJob])
-def test_a_running_job_imports_no_c_extension_its_preload_left_out(
+def test_a_job_imports_its_preload_on_unpickling_and_no_c_extension_it_left_out(
     tmp_path: Path, cls: type[Checkpointable]
 ) -> None:
     """The C extensions a job loads while it runs are where a preemption signal can turn into
     an ImportError: the event writer's (protobuf) and the Agg backend's, which the loss-curve
-    PNG needs and matplotlib.pyplot alone does not import, come with the unpickling."""
-    job = cls.__new__(cls)
+    PNG needs and matplotlib.pyplot alone does not import, come with the unpickling.
+
+    torchvision's C extension is imported while a ResNet or MobileNet trial builds its
+    network, after submitit's handler is installed, unless the unpickling loaded it; the small
+    CNN's trials do without (seconds saved).
+
+    One fresh process per class checks it all in turn (each process imports torch: ~5 s of
+    CPU): the unpickling, the run, and for a trial, a small CNN's then a ResNet's."""
+    assert cls.preload, f"{cls.__name__} preloads nothing"
+    # A bare instance is enough: unpickling restores __dict__ through __setstate__.
+    job = _trial("small_cnn") if cls is TrialJob else cls.__new__(cls)
     job.__dict__["out_dir"] = str(tmp_path)
-    path = tmp_path / "job.pkl"
-    path.write_bytes(pickle.dumps(job))
-    code = RUNTIME.format(curves=cls is TrainJob)
-    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
+    args = [_pickled(tmp_path, job, "job.pkl")]
+    if cls is TrialJob:
+        args.append(_pickled(tmp_path, _trial("resnet18_imagenet"), "resnet.pkl"))
+    code = CHECK.format(preload=cls.preload, curves=cls is TrainJob)
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+    extensions, torchvision, then = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert extensions == []
+    if cls is TrialJob:
+        assert (torchvision, then) == (False, True)  # small CNN: without; ResNet: with
 
 
 class _Preloading(Checkpointable):
@@ -120,21 +139,3 @@ def test_a_job_without_state_preloads_too(tmp_path: Path, monkeypatch: pytest.Mo
         assert name in sys.modules
     finally:
         sys.modules.pop(name, None)
-
-
-@pytest.mark.parametrize(("arch", "loads"), [("small_cnn", False), ("resnet18_imagenet", True)])
-def test_a_trial_preloads_torchvision_for_the_architectures_that_build_with_it(
-    tmp_path: Path, arch: str, loads: bool
-) -> None:
-    """torchvision's C extension is imported while a ResNet or MobileNet trial builds its
-    network, after submitit's handler is installed, unless the unpickling loaded it; the small
-    CNN's trials do without (seconds saved)."""
-    job = TrialJob.__new__(TrialJob)
-    job.__dict__["request"] = SimpleNamespace(config=SimpleNamespace(arch=arch))
-    path = tmp_path / "job.pkl"
-    path.write_bytes(pickle.dumps(job))
-    code = "import pickle, sys; pickle.load(open(sys.argv[1], 'rb'))\n"
-    code += "print('torchvision' in sys.modules)"
-    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip().splitlines()[-1] == str(loads)
