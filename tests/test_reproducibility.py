@@ -40,6 +40,7 @@ def _trials(reg: Registry, study: str) -> list[tuple[object, ...]]:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("restore_torch_threads")
 def test_a_study_repeated_with_its_seed_gives_the_same_trials_and_records_its_versions(
     workspace: Workspace, reg: Registry
 ) -> None:
@@ -48,20 +49,21 @@ def test_a_study_repeated_with_its_seed_gives_the_same_trials_and_records_its_ve
     versions its driver ran with, each run those its trial job trained with: before, neither
     named torch, NumPy or SMAC, so a result could not be told from a changed library."""
     tiny_task(workspace, reg, "blood", sizes=(16, 8, 8))
-    for name, parallel in (("one", 1), ("two", 2)):
-        # Two trials: "two at once" runs both side by side, and each study costs two jobs.
+    # "one": one trial at a time, each in this process (the debug executor); "two": both
+    # trials side by side, each in a job process of its own (local: ~10 s of CPU a job).
+    for name, parallel, executor in (("one", 1, "debug"), ("two", 2, "local")):
         spec = tiny_study(
-            reg, workspace, "blood", name, seed=5, n_trials=2, parallel=parallel, executor="local"
+            reg, workspace, "blood", name, seed=5, n_trials=2, parallel=parallel, executor=executor
         )
         run_study(reg, workspace, spec, poll_s=0.3)
     assert _trials(reg, "one") == _trials(reg, "two")
     assert len({json.dumps(t[0], sort_keys=True) for t in _trials(reg, "one")}) == 2
 
-    spec = load_spec(workspace, "one")
+    spec = load_spec(workspace, "two")
     assert spec.software["packages"]["torch"] == metadata.version("torch")
     assert {"numpy", "smac", "ConfigSpace"} <= set(spec.software["packages"])
     assert spec.software["python"] and spec.software["pomlia"]["version"]
-    for run in records.study_runs(reg, "one"):
+    for run in records.study_runs(reg, "two"):
         used = run.metrics["software"]
         assert used["packages"] == spec.software["packages"]
         assert used["torch_build"]["threads"] == run.config["engine"]["threads"]
@@ -132,14 +134,21 @@ print(json.dumps(asked))
 """
 
 
-def test_smac_asks_the_same_configurations_for_a_seed_in_every_process(tmp_path: Path) -> None:
+def test_smac_asks_the_same_configurations_for_a_seed_in_every_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Two drivers with the same seed told the same results asked for other configurations
     from SMAC's first model-based proposal on (a study's 4th trial): its local search took
     its start points from a set of configurations, ordered by Python's string hashing, which
     differs per process (PYTHONHASHSEED)."""
     root = Path(__file__).resolve().parents[1]
-    runs = []
-    for hash_seed in ("1", "2", "3"):
+    # This process (its own hash seed, random unless PYTHONHASHSEED is set) and two others
+    # with other seeds: three string hashings, one torch-free process start saved.
+    monkeypatch.setattr(sys, "argv", ["smac-study", str(tmp_path / "here")])
+    exec(SMAC_STUDY, {"__name__": "smac_study"})
+    runs = [json.loads(capsys.readouterr().out.splitlines()[-1])]
+    mine = os.environ.get("PYTHONHASHSEED")
+    for hash_seed in [s for s in ("1", "2", "3") if s != mine][:2]:
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
         out = subprocess.run(
             [sys.executable, "-c", SMAC_STUDY, str(tmp_path / hash_seed)],
