@@ -87,10 +87,13 @@ def test_local_array_extraction_matches_in_memory_embedding(
     workspace: Workspace, reg: Registry
 ) -> None:
     a = make_dataset(workspace, reg, "blood", "bloodmnist", (40, 8, 16), chunk_rows=16)
-    b = make_dataset(workspace, reg, "breast", "breastmnist", (30, 6, 12), chunk_rows=32)
+    b = make_dataset(workspace, reg, "breast", "breastmnist", (10, 2, 4), chunk_rows=32)
     make_encoder(workspace, reg, "enc", latent_dim=4)
-    # Four array tasks at once (2 per dataset): one wave of job processes.
-    ex = Executor.from_profile("local", workspace.jobs, reg, max_parallel=4)
+    # Shards of about 48 rows: blood's 64 rows (4 chunks) make 2 shards of 32, breast's 16 (a
+    # part of one chunk) one shard, packed beside blood's second: 2 array tasks at once, one
+    # wave of job processes (each costs a process start with torch), one of them writing into
+    # two data sets' embeddings.
+    ex = Executor.from_profile("local", workspace.jobs, reg, max_parallel=2)
     seen: list[tuple[int, int]] = []
     results = extract(
         reg,
@@ -98,16 +101,16 @@ def test_local_array_extraction_matches_in_memory_embedding(
         "enc",
         [a, b],
         executor=ex,
-        shards=2,
+        shard_rows=48,
         threads=1,
         batch_size=8,
         progress=lambda d, t: seen.append((d, t)),
     )
     assert [(r.n_vectors, r.shards, r.shards_run, r.status) for r in results] == [
         (64, 2, 2, "complete"),
-        (48, 2, 2, "complete"),
+        (16, 1, 1, "complete"),
     ]
-    assert seen[-1] == (4, 4)
+    assert seen[-1] == (2, 2)
     model, _cfg = load_encoder(reg, "enc")
     torch.set_num_threads(1)
     for ref, res in zip((a, b), results, strict=True):
@@ -358,9 +361,10 @@ def test_one_failed_shard_does_not_fail_the_others_of_its_task(
     with pytest.raises(PomliaError, match=r"1 of 2 shard\(s\) failed: blood/\w+ shard 0: "):
         run_shards(specs)
     assert not marker(specs[0].out_path, 0).exists() and marker(specs[1].out_path, 0).exists()
-    # Through the cluster layer: only the failed shard is named; the other dataset completes.
-    # The cause is an undecodable chunk, so the error points to `pomlia data verify`, not to
-    # running the same command again (which would fail the same way).
+    # Through the cluster layer, the same one task (one job process): only the failed shard is
+    # named; the other dataset completes. The cause is an undecodable chunk, so the error
+    # points to `pomlia data verify`, not to running the same command again (which would fail
+    # the same way).
     marker(specs[1].out_path, 0).unlink()
     ex = Executor.from_profile("local", workspace.jobs, reg)
     seen: list[tuple[int, int]] = []
@@ -368,10 +372,10 @@ def test_one_failed_shard_does_not_fail_the_others_of_its_task(
         DataIntegrityError, match=r"^1 extraction shard\(s\) failed \(blood/\w+ shard 0\)"
     ) as info:
         extract(
-            reg, workspace, "enc", [a, b], executor=ex, threads=1, shards=1,
+            reg, workspace, "enc", [a, b], executor=ex, threads=1,
             progress=lambda d, t: seen.append((d, t)),
         )  # fmt: skip
-    assert seen[-1] == (1, 2)  # the failed task is not counted as done
+    assert seen[-1] == (0, 1)  # the failed task is not counted as done
     assert "cannot be decoded" in str(info.value) and f"pomlia data verify {a}" in str(info.value)
     assert "same command again" not in str(info.value)
     with reg.session() as s:
