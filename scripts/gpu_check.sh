@@ -33,6 +33,7 @@ if [[ -z "$PY" ]]; then
 fi
 IMAGES=${IMAGES:-100000}       # images in the look-alike store (28 px, RGB)
 EPOCH_IMAGES=${EPOCH_IMAGES:-50000}
+EPOCH_BATCH=${EPOCH_BATCH:-512}   # step 1's batch size (at most EPOCH_IMAGES less the held-out share)
 OBJECTIVE_IMAGES=${OBJECTIVE_IMAGES:-$((EPOCH_IMAGES / 5))}   # per epoch of style/contrastive
 VECTORS=${VECTORS:-1000000}
 SERVE=${SERVE:-small_cnn:28,resnet18:64}   # step 4's models, ARCH:PIXELS
@@ -68,7 +69,7 @@ else
     trap 'rm -rf "$HOME_DIR"' EXIT
 fi
 
-export IMAGES EPOCH_IMAGES OBJECTIVE_IMAGES VECTORS SERVE SERVE_S DEVICE EXECUTOR HOME_DIR
+export IMAGES EPOCH_IMAGES EPOCH_BATCH OBJECTIVE_IMAGES VECTORS SERVE SERVE_S DEVICE EXECUTOR HOME_DIR
 timeout --signal=KILL "$LIMIT_S" "$PY" - <<'EOF'
 import json, os, sys, time, traceback
 import numpy as np
@@ -88,6 +89,7 @@ from pomlia_hpc.workspace import Workspace
 
 n_images = int(os.environ["IMAGES"])
 epoch_images = int(os.environ["EPOCH_IMAGES"])
+epoch_batch = int(os.environ["EPOCH_BATCH"])
 objective_images = int(os.environ["OBJECTIVE_IMAGES"])
 n_vectors = int(os.environ["VECTORS"])
 gpu = os.environ["DEVICE"] == "cuda"
@@ -121,7 +123,7 @@ print(f"store: {n_images} images of 28 px", flush=True)
 # 1. one DeepSpeed bf16 epoch, as a job with one GPU
 try:
     cfg = TrainConfig.model_validate({
-        "encoder": {"latent_dim": 64}, "epochs": 1, "batch_size": 512,
+        "encoder": {"latent_dim": 64}, "epochs": 1, "batch_size": epoch_batch,
         "precision": "bf16" if gpu else "fp32",
         "max_images_per_dataset": epoch_images, "num_workers": 4, "objective": "mse",
     })

@@ -30,11 +30,14 @@ def _run(timeout: float = 600, **env: str) -> subprocess.CompletedProcess[str]:
 def test_cpu_smoke_run_executes_every_step(tmp_path: Path) -> None:
     # The script's own wall limit (LIMIT_S, 450 s) is sized for a GPU lease; a loaded CPU
     # machine may take longer for its three trainings, and that is no failure here.
+    # Each step only has to run here, so its trainings are one batch of 32 each: the script's
+    # batch of 512 for the first cost ~35 s more CPU for nothing more checked.
     res = _run(
         timeout=960,
         DEVICE="cpu",
-        IMAGES="800",
-        EPOCH_IMAGES="600",  # one batch of 512 (the script's) after the held-out share
+        IMAGES="128",  # the store: one extraction batch
+        EPOCH_IMAGES="40",  # 36 kept after the held-out share: one batch of EPOCH_BATCH
+        EPOCH_BATCH="32",
         OBJECTIVE_IMAGES="40",  # 36 kept: one batch of 32 for style and contrastive
         VECTORS="20000",
         SERVE="small_cnn:28",
@@ -69,7 +72,9 @@ def test_cuda_run_without_gpu_exits_3_with_reason() -> None:
 
 
 def test_killed_by_its_limit_leaves_no_workspace(tmp_path: Path) -> None:
-    res = _run(timeout=120, DEVICE="cpu", IMAGES="800", LIMIT_S="10", TMPDIR=str(tmp_path))
+    # 3 s: the script's Python is still importing (its workspace made before it starts), and
+    # every second until the kill is a second of CPU spent on nothing checked.
+    res = _run(timeout=120, DEVICE="cpu", IMAGES="800", LIMIT_S="3", TMPDIR=str(tmp_path))
     assert res.returncode == 137, res.stdout + res.stderr  # timeout --signal=KILL
     assert not list(tmp_path.glob("pomlia-gpu-check-*"))
 
@@ -93,7 +98,8 @@ def test_automl_check_cpu_smoke_run_trains_in_bf16_and_on_the_baseline(tmp_path:
             **os.environ,
             "PY": sys.executable,
             "DEVICE": "cpu",
-            "SCALE": "0.03",
+            "SCALE": "0.01",  # 120 training images (one batch), 17 val, 34 test: bf16 on a
+            # CPU is slow (~0.1 s an image), and the trials only have to run
             "TRIALS": "1",
             "CPU_TRIALS": "1",
             "EPOCHS": "1",
