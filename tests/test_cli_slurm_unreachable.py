@@ -35,11 +35,17 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def dead_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[int, int]:
     """``SLURM_CONF`` set to a copy of the cluster's configuration whose controller and
-    accounting ports are free ones; yields (controller port, accounting port)."""
+    accounting ports are free ones; yields (controller port, accounting port).
+
+    The copy sets ``MessageTimeout=2``: a client retries a controller that refuses the
+    connection once a second for MessageTimeout seconds (9 s at Slurm's default of 10, each
+    squeue, sbatch and scancel of these tests) before it gives up with the same error.
+    Every timeout of the product's own (60 s) stays far above it."""
     real = Path(os.environ.get("SLURM_CONF") or "/etc/slurm/slurm.conf")
     ports = free_port(), free_port()
     text = re.sub(r"(?im)^SlurmctldPort=.*$", f"SlurmctldPort={ports[0]}", real.read_text())
     text = re.sub(r"(?im)^AccountingStoragePort=.*$", f"AccountingStoragePort={ports[1]}", text)
+    text = re.sub(r"(?im)^MessageTimeout=.*\n", "", text) + "MessageTimeout=2\n"
     conf = tmp_path / "slurm.conf"
     conf.write_text(text)
     monkeypatch.setenv("SLURM_CONF", str(conf))
