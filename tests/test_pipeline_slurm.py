@@ -1,6 +1,11 @@
 """A small look-alike pipeline through ``pomlia pipeline run`` on the real single-node Slurm:
 stages as jobs chained with afterok; a failing stage cancels the ones after it; the next run
-skips what is done and resumes at the failed stage; a third run submits nothing."""
+skips what is done and resumes at the failed stage; a third run submits nothing.
+
+The first run is the console's own process (its exit status and stderr are checked); the
+commands after it run in this process as the console script does (``pomlia_main``): each
+process of its own started Python and the CLI again (~2.5 s of CPU, ~10 s on a busy CI
+machine) for nothing these checks need."""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from sqlalchemy import select
 
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.cli import pomlia_main
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm")]
 REPO = Path(__file__).resolve().parents[1]
@@ -55,7 +61,19 @@ def pomlia(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.timeout(1800)
-def test_chain_on_slurm_fails_resumes_and_skips(workspace: Workspace, reg: Registry) -> None:
+def test_chain_on_slurm_fails_resumes_and_skips(
+    workspace: Workspace,
+    reg: Registry,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("COLUMNS", "250")
+
+    def in_process(*args: str) -> tuple[Any, str]:
+        """``pomlia --cluster slurm-local ARGS`` in this process: (exit code, stdout)."""
+        code, out, _ = pomlia_main(monkeypatch, capsys, "--cluster", "slurm-local", *args)
+        return code, out
+
     file = workspace.home.parent / "small.yaml"
     # First run: the task names a dataset version that does not exist, so 'tasks' fails.
     file.write_text(yaml.safe_dump(small_pipeline("pneumoniamnist@000000000000")))
@@ -84,31 +102,31 @@ def test_chain_on_slurm_fails_resumes_and_skips(workspace: Workspace, reg: Regis
     assert "000000000000" in error
     # The stage job's row says the stage's cause (not only "FAILED (exit code 1:0)"), with
     # its traceback and log files.
-    shown_job = pomlia(workspace.home, "jobs", "show", str(stage_jobs["tasks"].id), "--json")
-    job_shown = json.loads(shown_job.stdout)
+    _, shown_job = in_process("jobs", "show", str(stage_jobs["tasks"].id), "--json")
+    job_shown = json.loads(shown_job)
     assert job_shown["exit_cause"] == error.splitlines()[0][:500], job_shown
     assert "Traceback" in job_shown["traceback"]
     assert any(p.endswith(f"{job_shown['scheduler_id']}_0_log.out") for p in job_shown["logs"])
 
     # Fixed file: done stages are skipped (no job), only 'tasks' runs.
     file.write_text(yaml.safe_dump(small_pipeline("pneumoniamnist")))
-    second = pomlia(workspace.home, "pipeline", "run", str(file), "--wait")
-    assert second.returncode == 0, second.stdout + second.stderr
-    assert "tasks: job" in second.stdout and "encoder: job" not in second.stdout
+    code, second = in_process("pipeline", "run", str(file), "--wait")
+    assert code == 0, second
+    assert "tasks: job" in second and "encoder: job" not in second
     with reg.session() as s:
         n_jobs = len(list(s.scalars(select(Job).where(Job.name.like("pipeline-small-%")))))
     assert n_jobs == len(stage_jobs) + 1
 
     # Nothing changed: nothing is submitted.
-    third = pomlia(workspace.home, "pipeline", "run", str(file))
-    assert third.returncode == 0 and "every stage is up to date" in third.stdout
+    code, third = in_process("pipeline", "run", str(file))
+    assert code == 0 and "every stage is up to date" in third
 
-    shown = pomlia(workspace.home, "pipeline", "status", "small")
-    assert shown.returncode == 0
+    code, shown = in_process("pipeline", "status", "small")
+    assert code == 0
     for stage in ("lookalikes", "data", "encoder", "extract", "index", "tasks"):
-        line = next(ln for ln in shown.stdout.splitlines() if f" {stage} " in ln)
-        assert " done " in line, shown.stdout
+        line = next(ln for ln in shown.splitlines() if f" {stage} " in ln)
+        assert " done " in line, shown
         # The stage job that ran it, though the last submission's run.json names none ('tasks'
         # ran in the second submission's job, not in stage_jobs).
         ran = f" stage {stage_jobs[stage].id}" if stage != "tasks" else " stage "
-        assert ran in line, shown.stdout
+        assert ran in line, shown
