@@ -1,7 +1,12 @@
 """The ``pomlia`` command's exit statuses as scripts and Slurm jobs read them (the table in
 ``docs/guide/README.md``, "Exit status"): 1 is only ever a finding (`monitor run`'s alarm,
 `data verify`'s damage), never a crash; a thing not found is 4, apart from bad input (2); a
-database server out of reach is 69, a bug 70."""
+database server out of reach is 69, a bug 70.
+
+Every test runs ``pomlia`` at least once in a process of its own (``pomlia``), whose exit
+status a script reads; the further cases of a test (a second command, the other parameters)
+run through the console script's entry point in this process (``pomlia_here``), where the
+status is decided (``main``'s ``SystemExit``): a process start costs seconds of CPU."""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +26,7 @@ from sqlalchemy.engine import make_url
 
 from pomlia_hpc.errors import INTERNAL_EXIT, NOT_FOUND_EXIT, UNAVAILABLE_EXIT
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.cli import pomlia_main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,6 +48,23 @@ def pomlia(*args: str) -> subprocess.CompletedProcess[str]:
     return run_python("-m", "pomlia_hpc", *args)
 
 
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def pomlia_here(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
+    """``pomlia ARGS`` through the console script's entry point in this process, as
+    ``pomlia`` would give it: its exit status, stdout and stderr."""
+    monkeypatch.delenv("POMLIA_DB_URL", raising=False)
+    monkeypatch.delenv("COLUMNS", raising=False)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        code, out, err = pomlia_main(monkeypatch, capsys, *args)
+        return subprocess.CompletedProcess(["pomlia", *args], code, out, err)
+
+    return run
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on (bound once, then let go)."""
     with socket.socket() as sock:
@@ -61,25 +84,29 @@ def test_a_registry_failure_is_not_exit_1(workspace: Workspace) -> None:
     assert proc.stderr.strip() == "error: registry database error: no such table: jobs"
 
 
-def test_a_workspace_that_is_a_file_is_bad_input_not_a_missing_registry(tmp_path: Path) -> None:
+def test_a_workspace_that_is_a_file_is_bad_input_not_a_missing_registry(
+    tmp_path: Path, pomlia_here: Run
+) -> None:
     """``--home`` naming a file said "no registry at <file>/registry.db" (exit 4) and sent the
     user to `pomlia init`, which cannot make a folder there: it is bad input (2), one line
     that says the path is a file, also for `pomlia init` itself."""
     afile = tmp_path / "notes.txt"
     afile.write_text("not a workspace")
-    for args in (("data", "list"), ("init",)):
-        proc = pomlia("--home", str(afile), *args)
+    for run, args in ((pomlia, ("data", "list")), (pomlia_here, ("init",))):
+        proc = run("--home", str(afile), *args)
         assert proc.returncode == 2, proc.stderr
         assert f"workspace {afile} is a file, not a folder" in proc.stderr
         assert proc.stderr.count("error:") == 1 and "Traceback" not in proc.stderr
     assert afile.read_text() == "not a workspace"
 
 
-def test_a_bad_count_for_similar_is_bad_input_before_any_lookup(workspace: Workspace) -> None:
+def test_a_bad_count_for_similar_is_bad_input_before_any_lookup(
+    workspace: Workspace, pomlia_here: Run
+) -> None:
     """`similar X --k 0` in a workspace without an encoder was exit 4 ("no encoder is
     registered"): the bad option is found first, exit 2, whatever the workspace holds."""
-    for option, what in (("--k", "datasets"), ("--images", "images")):
-        proc = pomlia("--home", str(workspace.home), "similar", "anything", option, "0")
+    for run, option, what in ((pomlia, "--k", "datasets"), (pomlia_here, "--images", "images")):
+        proc = run("--home", str(workspace.home), "similar", "anything", option, "0")
         assert proc.returncode == 2, proc.stderr
         assert f"{option} 0: expected a number of {what} >= 1" in proc.stderr
 
@@ -118,14 +145,16 @@ def test_a_server_that_refuses_the_password_is_still_bad_input(pg_url: str, tmp_
 
 
 @pytest.mark.postgres
-def test_a_database_the_server_does_not_have_is_no_registry(pg_url: str, tmp_path: Path) -> None:
+def test_a_database_the_server_does_not_have_is_no_registry(
+    pg_url: str, tmp_path: Path, pomlia_here: Run
+) -> None:
     """A PostgreSQL URL naming a database that does not exist was exit 2 ("expected a
     reachable server ... and correct credentials"), where a workspace without its SQLite file
     is 4: a script's `|| pomlia init` never ran for it. `init` cannot create the database
     itself: its answer says how, and leaves no workspace folder."""
     url = make_url(pg_url).set(database="pomlia_no_such_db").render_as_string(False)
-    for args in (("data", "list", "--json"), ("init",)):
-        proc = pomlia("--home", str(tmp_path / "ws"), "--db-url", url, *args)
+    for run, args in ((pomlia, ("data", "list", "--json")), (pomlia_here, ("init",))):
+        proc = run("--home", str(tmp_path / "ws"), "--db-url", url, *args)
         assert proc.returncode == NOT_FOUND_EXIT, proc.stderr
         error, hint = proc.stderr.strip().splitlines()
         assert error.startswith("error: no registry at postgresql+psycopg://"), error
@@ -154,29 +183,35 @@ def test_a_bug_is_its_traceback_and_exit_70() -> None:
     assert lines[-1] == "error: internal error (a bug in pomlia; traceback above): KeyError: 'key'"
 
 
-def test_not_found_is_exit_4_apart_from_bad_input(workspace: Workspace) -> None:
+def test_not_found_is_exit_4_apart_from_bad_input(workspace: Workspace, pomlia_here: Run) -> None:
     """A name or id not in the registry was exit 2, as a malformed one is: `pomlia data show
     X --json || pomlia data add X ...` could not tell "not there" from any other error."""
     home = ("--home", str(workspace.home))
-    for args in (("data", "show", "nosuch", "--json"), ("jobs", "show", "999", "--json")):
-        proc = pomlia(*home, *args)
+    for run, args in (
+        (pomlia, ("data", "show", "nosuch", "--json")),
+        (pomlia_here, ("jobs", "show", "999", "--json")),
+    ):
+        proc = run(*home, *args)
         assert proc.returncode == NOT_FOUND_EXIT, proc.stderr
         assert proc.stdout == "" and proc.stderr.count("\n") == 1, proc.stderr
         assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
-    bad = pomlia(*home, "jobs", "show", "abc", "--json")
+    bad = pomlia_here(*home, "jobs", "show", "abc", "--json")
     assert bad.returncode == 2 and bad.stdout == "", bad.stderr
     assert bad.stderr.startswith("error: job 'abc': expected a registry job id"), bad.stderr
 
 
 def test_a_file_the_command_was_pointed_at_that_is_not_there_is_exit_4(
-    workspace: Workspace, tmp_path: Path
+    workspace: Workspace, tmp_path: Path, pomlia_here: Run
 ) -> None:
     """The table says so, but `data add NAME missing.npz` and `pipeline run missing.yaml`
     were exit 2, as a malformed file is."""
     home = ("--home", str(workspace.home))
     gone = tmp_path / "gone"
-    for args in (("data", "add", "x", f"{gone}.npz"), ("pipeline", "run", f"{gone}.yaml")):
-        proc = pomlia(*home, *args)
+    for run, args in (
+        (pomlia, ("data", "add", "x", f"{gone}.npz")),
+        (pomlia_here, ("pipeline", "run", f"{gone}.yaml")),
+    ):
+        proc = run(*home, *args)
         assert proc.returncode == NOT_FOUND_EXIT, proc.stderr
         assert proc.stderr.startswith("error: ") and "does not exist" in proc.stderr
 
@@ -229,22 +264,23 @@ def postgres_saying(message: str, code: str) -> Iterator[int]:
 
 
 @pytest.mark.parametrize(
-    ("message", "code"),
+    ("message", "code", "own_process"),
     [
-        ("the database system is starting up", "57P03"),
-        ("the database system is shutting down", "57P03"),
-        ("sorry, too many clients already", "53300"),
+        ("the database system is starting up", "57P03", True),
+        ("the database system is shutting down", "57P03", False),
+        ("sorry, too many clients already", "53300", False),
     ],
 )
 def test_a_database_server_that_cannot_take_a_connection_now_is_exit_69(
-    tmp_path: Path, message: str, code: str
+    tmp_path: Path, message: str, code: str, own_process: bool, pomlia_here: Run
 ) -> None:
     """A server restarting (a nightly maintenance window) or out of connection slots answers
     with a FATAL error: that was read as a refusal of the user's settings, exit 2, so a
     nightly job's script could not tell it from a wrong password and retry."""
+    run = pomlia if own_process else pomlia_here
     with postgres_saying(message, code) as port:
         url = f"postgresql+psycopg://pomlia:pomlia@127.0.0.1:{port}/pomlia"
-        proc = pomlia("--home", str(tmp_path / "ws"), "--db-url", url, "data", "list", "--json")
+        proc = run("--home", str(tmp_path / "ws"), "--db-url", url, "data", "list", "--json")
     assert proc.returncode == UNAVAILABLE_EXIT, proc.stderr
     assert message in proc.stderr and proc.stdout == "", proc.stderr
 
@@ -272,21 +308,21 @@ def test_a_url_that_names_no_database_is_told_which_one_the_server_lacks(
 
 
 @pytest.mark.parametrize(
-    ("args", "noun"),
+    ("args", "noun", "own_process"),
     [
-        (("jobs", "show", "99999999999999999999"), "job"),
-        (("jobs", "cancel", "99999999999999999999"), "job"),
-        (("monitor", "show", "99999999999999999999"), "report"),
-        (("loop", "dismiss", "99999999999999999999", "--reason", "x"), "retrain request"),
+        (("jobs", "show", "99999999999999999999"), "job", True),
+        (("jobs", "cancel", "99999999999999999999"), "job", False),
+        (("monitor", "show", "99999999999999999999"), "report", False),
+        (("loop", "dismiss", "99999999999999999999", "--reason", "x"), "retrain request", False),
     ],
 )
 def test_an_id_no_row_can_have_is_not_found_not_a_bug(
-    workspace: Workspace, args: tuple[str, ...], noun: str
+    workspace: Workspace, args: tuple[str, ...], noun: str, own_process: bool, pomlia_here: Run
 ) -> None:
     """An id with more digits than the registry's integers hold (SQLite cannot even take it
     as a parameter) ended in an OverflowError traceback, exit 70: it is not found, as any
     other unknown id."""
-    proc = pomlia("--home", str(workspace.home), *args)
+    proc = (pomlia if own_process else pomlia_here)("--home", str(workspace.home), *args)
     assert proc.returncode == NOT_FOUND_EXIT, proc.stderr
     assert proc.stderr.startswith(f"error: {noun} 99999999999999999999 is not in the registry")
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
