@@ -263,7 +263,10 @@ def test_a_start_that_failed_before_an_epoch_does_not_pin_its_datasets(
 
 def test_two_data_parallel_ranks_bf16_zero1(workspace: Workspace, reg: Registry) -> None:
     a = make_dataset(workspace, reg, "blood", sizes=(32, 4, 4), chunk_rows=16)
-    ex = Executor.from_profile("local", workspace.jobs, reg)
+    # The job runs in this process (debug executor) and spawns its two ranks, processes of
+    # their own as in a job: the ranks are under test here, and a job process of its own
+    # (another start with torch and DeepSpeed) is tested in test_train_register_and_resume.
+    ex = Executor.from_profile("debug", workspace.jobs, reg)
     # bf16 convolutions are ~35x slower than fp32 on CPUs without AVX512-BF16: one small step.
     cfg = _cfg(
         processes=2,
