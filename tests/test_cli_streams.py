@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.cli import pomlia_main
 from tests.fixtures.factories import tiny_npz
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,22 +40,25 @@ def test_output_survives_an_ascii_stdout(workspace: Workspace, tmp_path: Path) -
     """With PYTHONIOENCODING=ascii (or LC_ALL=C) and non-ASCII class names or paths, `data add`
     printed the new version, then a UnicodeEncodeError traceback and exit 1 after registering
     it; `data show` (table and --json) crashed. Unencodable characters are escaped now, JSON
-    is ASCII, and the exit status is 0."""
+    is ASCII, and the exit status is 0. Every command runs with an ASCII stdout, where no
+    non-ASCII character can be written; the table, whose class names are partly encodable in
+    latin-1 (ä, í, not €), also with a latin-1 one (JSON is ASCII whatever the encoding)."""
     folder = tmp_path / "dätä"
     folder.mkdir()
     npz = tiny_npz(folder / "pneumo.npz", "pneumoniamnist", sizes=(20, 4, 4))
-    for env in ({"PYTHONIOENCODING": "ascii"}, {"PYTHONIOENCODING": "latin-1"}):
-        add = pomlia(workspace.home, "data", "add", "pneumo", str(npz), "--class-names",
-                     "normäl,pneumonía€", **env)  # fmt: skip
-        assert add.returncode == 0 and "Traceback" not in add.stderr, add.stderr
-        assert "pneumo@" in add.stdout and "splits: train 20, val 4, test 4" in add.stdout
+    ascii_out = {"PYTHONIOENCODING": "ascii"}
+    add = pomlia(workspace.home, "data", "add", "pneumo", str(npz), "--class-names",
+                 "normäl,pneumonía€", **ascii_out)  # fmt: skip
+    assert add.returncode == 0 and "Traceback" not in add.stderr, add.stderr
+    assert "pneumo@" in add.stdout and "splits: train 20, val 4, test 4" in add.stdout
+    for env in (ascii_out, {"PYTHONIOENCODING": "latin-1"}):
         show = pomlia(workspace.home, "data", "show", "pneumo", **env)
         assert show.returncode == 0 and "Traceback" not in show.stderr, show.stderr
         assert "norm" in show.stdout and "pneumon" in show.stdout
-        as_json = pomlia(workspace.home, "data", "show", "pneumo", "--json", **env)
-        assert as_json.returncode == 0, as_json.stderr
-        meta = json.loads(as_json.stdout)["meta"]
-        assert meta["class_names"] == ["normäl", "pneumonía€"]
+    as_json = pomlia(workspace.home, "data", "show", "pneumo", "--json", **ascii_out)
+    assert as_json.returncode == 0, as_json.stderr
+    meta = json.loads(as_json.stdout)["meta"]
+    assert meta["class_names"] == ["normäl", "pneumonía€"]
 
 
 def test_a_failed_or_closed_stdout_is_one_line_and_exit_74(workspace: Workspace) -> None:
@@ -72,10 +78,15 @@ def test_a_failed_or_closed_stdout_is_one_line_and_exit_74(workspace: Workspace)
 
 
 def test_data_add_prints_its_result_on_stdout_and_the_rest_on_stderr(
-    workspace: Workspace, tmp_path: Path
+    workspace: Workspace,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """`data add` wrote its progress lines and warnings to stdout, so `V=$(pomlia data add
-    ...)` captured them all. They go to stderr now; `--json` prints the version's record."""
+    ...)` captured them all. They go to stderr now; `--json` prints the version's record.
+    The `data add` runs are processes of their own; `data list`, only read for a key, runs
+    in this one."""
     npz = tiny_npz(tmp_path / "blood.npz", sizes=(20, 0, 0))  # no val/test: a warning
     res = pomlia(workspace.home, "data", "add", "blood", str(npz), "--json")
     assert res.returncode == 0, res.stderr
@@ -83,7 +94,10 @@ def test_data_add_prints_its_result_on_stdout_and_the_rest_on_stderr(
     assert record["ref"] == f"blood@{record['version']}" and record["created"] is True
     assert record["n_images"] == 20 and record["splits"] == {"train": 20, "val": 0, "test": 0}
     # the key `data list --json` and `data show --json` give the path under (`store` stays)
-    listed = json.loads(pomlia(workspace.home, "data", "list", "--json").stdout)
+    code, out, _ = pomlia_main(monkeypatch, capsys, "--home", str(workspace.home), "data", "list",
+                               "--json")  # fmt: skip
+    assert code == 0
+    listed = json.loads(out)
     assert record["store_path"] == record["store"] == listed[0]["store_path"]
     assert "ingest: 20/20 images" in res.stderr and "warning: no val or test images" in res.stderr
     again = pomlia(workspace.home, "data", "add", "blood", str(npz))
