@@ -1,5 +1,11 @@
 """Tables of the ``pomlia`` command at narrow widths and off a terminal: words stay whole, an
-invalid COLUMNS is ignored, a title longer than its table stays one line."""
+invalid COLUMNS is ignored, a title longer than its table stays one line.
+
+How ``COLUMNS`` sets the width is read when a process starts (its consoles are made at import):
+that is checked in processes of their own (``pomlia``). The layouts at a given width are
+checked in this process (``pomlia_at``: the console script's entry point, its stdout console
+set to that width), which lays them out as a process of its own would, without the seconds of
+CPU a process start costs."""
 
 from __future__ import annotations
 
@@ -7,14 +13,17 @@ import io
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from rich.table import Table
 
-from pomlia_hpc.cli.app import MessageConsole
+from pomlia_hpc.cli.app import MessageConsole, console
 from pomlia_hpc.registry import GateDecision, Job, Model, MonitorReport, Promotion, Registry, Run
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.cli import pomlia_main
 from tests.fixtures.factories import tiny_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,6 +47,27 @@ def pomlia(home: Path, *args: str, columns: str | None = None) -> str:
     )
     assert res.returncode == 0, res.stderr
     return res.stdout
+
+
+Width = Callable[..., str]
+
+
+@pytest.fixture
+def pomlia_at(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Width:
+    """``pomlia_at(home, *args, columns=W)``: stdout of ``pomlia --home HOME ARGS`` run in this
+    process through the console script's entry point, off a terminal, with its stdout console
+    ``W`` columns wide (as ``COLUMNS=W`` makes it in a process of its own, see ``pomlia``);
+    fails unless it exits 0."""
+    for name in UNSET:
+        monkeypatch.delenv(name, raising=False)
+
+    def run(home: Path, *args: str, columns: str) -> str:
+        monkeypatch.setattr(console, "width", int(columns))
+        code, out, err = pomlia_main(monkeypatch, capsys, "--home", str(home), *args)
+        assert code == 0, err
+        return out
+
+    return run
 
 
 def some_jobs_and_runs(reg: Registry) -> None:
@@ -85,26 +115,27 @@ def cells(out: str) -> set[str]:
 
 
 def test_tables_keep_ids_states_times_and_metric_names_whole(
-    workspace: Workspace, reg: Registry
+    workspace: Workspace, reg: Registry, pomlia_at: Width
 ) -> None:
     """At COLUMNS=80 `jobs list` showed COMPLE/TED, backen/d, schedu/ler id and 2026-1/2-05,
     `runs list` f1_ma/cro; at 40 `data list` was one letter per line. Every word stays whole
-    now (a table too wide for its words is printed wider than the console)."""
+    now (a table too wide for its words is printed wider than the console). The first listing
+    runs in a process of its own, COLUMNS=80 in its environment; the others in this one."""
     some_jobs_and_runs(reg)
     jobs = pomlia(workspace.home, "jobs", "list", columns="80")
     words = cells(jobs)
     for token in ("COMPLETED", "CANCELLED", "FAILED", "scheduler id", "123458_2", "12-05 04:31"):
         assert token in words, jobs
     assert "fingerprint-train-ae9" in words, jobs
-    assert "2026-12-05 04:31:07" in cells(pomlia(workspace.home, "jobs", "list", columns="200"))
-    runs = pomlia(workspace.home, "runs", "list", columns="80")
+    assert "2026-12-05 04:31:07" in cells(pomlia_at(workspace.home, "jobs", "list", columns="200"))
+    runs = pomlia_at(workspace.home, "runs", "list", columns="80")
     assert "f1_macro" in runs and "demo-study" in runs and "completed" in runs, runs
-    narrow = pomlia(workspace.home, "jobs", "list", columns="40")
+    narrow = pomlia_at(workspace.home, "jobs", "list", columns="40")
     assert "COMPLETED" in narrow and "fingerprint-train-ae9" in narrow, narrow
 
 
 def test_list_commands_fit_80_columns_with_ids_states_and_times_whole(
-    workspace: Workspace, reg: Registry
+    workspace: Workspace, reg: Registry, pomlia_at: Width
 ) -> None:
     """Once their words were kept whole, `jobs list` at COLUMNS=80 printed 97-119 columns,
     `data list` 106, `runs list` 110, `model list` 158 and `monitor history` 97: lists now
@@ -156,14 +187,14 @@ def test_list_commands_fit_80_columns_with_ids_states_and_times_whole(
         ("monitor", "history", "pneumoniamnist-best-1"): ["12-05 04:31", "alarm", "12345"],
     }
     for args, tokens in wanted.items():
-        out = pomlia(workspace.home, *args, columns="80")
+        out = pomlia_at(workspace.home, *args, columns="80")
         table = [line for line in out.splitlines() if line.strip()[:1] in set("┏┃┡│└")]
         assert table and max(len(line) for line in table) <= 80, out  # status's paths are not
         for token in tokens:
             assert token in cells(out), (args, token, out)
-    version = pomlia(workspace.home, "data", "list", "--json")
+    version = pomlia_at(workspace.home, "data", "list", "--json", columns="200")
     assert version.split('"version": "')[1][:16] in " ".join(
-        pomlia(workspace.home, "data", "list", columns="80").split()
+        pomlia_at(workspace.home, "data", "list", columns="80").split()
     )
 
 
@@ -221,25 +252,25 @@ def test_a_caption_longer_than_its_table_stays_one_line_off_a_terminal() -> None
 
 
 def test_a_running_run_shows_dash_for_its_missing_metrics(
-    workspace: Workspace, reg: Registry
+    workspace: Workspace, reg: Registry, pomlia_at: Width
 ) -> None:
     """`runs list` left the val and test cells of a running run blank (`│ running │ │ │`);
     a missing value is `-` in every table (docs/guide/README.md)."""
     with reg.session() as s:
         s.add(Run(study="live", config={"arch": "cnn"}, budget=1, metrics={}, status="running"))
-    wide = pomlia(workspace.home, "runs", "list", columns="250")
+    wide = pomlia_at(workspace.home, "runs", "list", columns="250")
     row = next(line for line in wide.splitlines() if "running" in line)
     values = [c.strip() for c in row.split("│")[1:-1]]
     status = next(i for i, c in enumerate(values) if c.startswith("running"))
     assert values[status + 1 : status + 3] == ["-", "-"], wide
-    narrow = pomlia(workspace.home, "runs", "list", columns="80")
+    narrow = pomlia_at(workspace.home, "runs", "list", columns="80")
     row = next(line for line in narrow.splitlines() if "running" in line)
     values = [c.strip() for c in row.split("│")[1:-1]]
     assert values[values.index("running") + 1] == "-", narrow  # the metrics cell
 
 
 def test_deploy_history_s_gate_decisions_fit_80_columns(
-    workspace: Workspace, reg: Registry
+    workspace: Workspace, reg: Registry, pomlia_at: Width
 ) -> None:
     """`deploy history`'s gate table printed 115 columns at COLUMNS=80 once it named the
     gate's test, and cut the challenger's name: it has a narrow form (models, decision with
@@ -282,7 +313,7 @@ def test_deploy_history_s_gate_decisions_fit_80_columns(
                 )
             )
         s.commit()
-    out = pomlia(workspace.home, "deploy", "history", "ward", columns="80")
+    out = pomlia_at(workspace.home, "deploy", "history", "ward", columns="80")
     table = [line for line in out.splitlines() if line.strip()[:1] in set("┏┃┡│└")]
     assert max(len(line) for line in table) <= 80, out
     for token in (*names, "McNemar", "1.08e-07", "0.810 → 0.993 (n=142)", "passed"):
