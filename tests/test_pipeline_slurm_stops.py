@@ -1,13 +1,16 @@
 """A pipeline's stage jobs held, requeued and cancelled on the real single-node Slurm, as the
 stage jobs' logs and `pipeline status` say it (tests/test_pipeline_stops.py: the same without
-Slurm)."""
+Slurm).
+
+`pipeline run` and `pipeline status` run in this process as the console script does
+(``pomlia_main``): a process of their own started Python and the CLI again (~2.5 s of CPU, ~10 s
+on a busy CI machine) each time, for nothing these checks need."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,30 +19,31 @@ from sqlalchemy import select
 
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.cli import pomlia_main
 from tests.fixtures.factories import tiny_npz
 from tests.fixtures.waiting import wait_until
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm")]
-REPO = Path(__file__).resolve().parents[1]
+#: ``pomlia --cluster slurm-local ARGS`` in this process: (exit code, stdout, stderr).
+Pomlia = Callable[..., tuple[object, str, str]]
 
 
-def pomlia(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "POMLIA_HOME": str(home), "PYTHONPATH": str(REPO), "COLUMNS": "250"}
-    env.pop("POMLIA_DB_URL", None)
-    return subprocess.run(
-        [sys.executable, "-m", "pomlia_hpc", "--cluster", "slurm-local", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+@pytest.fixture
+def pomlia(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Pomlia:
+    """`pomlia --cluster slurm-local ARGS` in this process (the workspace fixture's
+    POMLIA_HOME), 250 columns wide."""
+    monkeypatch.setenv("COLUMNS", "250")
+
+    def run(*args: str) -> tuple[object, str, str]:
+        return pomlia_main(monkeypatch, capsys, "--cluster", "slurm-local", *args)
+
+    return run
 
 
-def _status_line(home: Path, stage: str) -> str:
-    shown = pomlia(home, "pipeline", "status", "stops")
-    assert shown.returncode == 0, shown.stdout + shown.stderr
-    return " ".join(next(ln for ln in shown.stdout.splitlines() if f" {stage} " in ln).split())
+def _status_line(pomlia: Pomlia, stage: str) -> str:
+    code, out, err = pomlia("pipeline", "status", "stops")
+    assert code == 0, out + err
+    return " ".join(next(ln for ln in out.splitlines() if f" {stage} " in ln).split())
 
 
 def _stage_job(reg: Registry, stage: str) -> Job:
@@ -65,7 +69,9 @@ def _training_jobs(reg: Registry) -> int:
 
 
 @pytest.mark.timeout(900)
-def test_stage_jobs_held_requeued_and_cancelled(workspace: Workspace, reg: Registry) -> None:
+def test_stage_jobs_held_requeued_and_cancelled(
+    workspace: Workspace, reg: Registry, pomlia: Pomlia
+) -> None:
     home = workspace.home
     tiny_npz(home.parent / "a.npz", sizes=(64, 8, 8))
     file = home.parent / "stops.yaml"
@@ -77,14 +83,14 @@ def test_stage_jobs_held_requeued_and_cancelled(workspace: Workspace, reg: Regis
         "extract": {"shards": 2},
     }
     file.write_text(yaml.safe_dump(spec))
-    run = pomlia(home, "pipeline", "run", str(file))
-    assert run.returncode == 0, run.stdout + run.stderr
+    code, out, err = pomlia("pipeline", "run", str(file))
+    assert code == 0, out + err
     extract, encoder = _stage_job(reg, "extract"), _stage_job(reg, "encoder")
 
     # Held while queued: the detail says why it pends (it said nothing).
     subprocess.run(["scontrol", "hold", extract.scheduler_id], check=True)
     try:
-        line = _status_line(home, "extract")
+        line = _status_line(pomlia, "extract")
         assert "pending" in line and "JobHeld" in line, line
         assert f"scontrol release {extract.scheduler_id}" in line, line
     finally:
@@ -111,8 +117,8 @@ def test_stage_jobs_held_requeued_and_cancelled(workspace: Workspace, reg: Regis
         interval=1,
         what="the encoder's record",
     )
-    line = _status_line(home, "encoder")
+    line = _status_line(pomlia, "encoder")
     assert line.startswith("│ encoder │ cancelled │") and "cancelled (SIGTERM" in line, line
-    line = _status_line(home, "extract")
+    line = _status_line(pomlia, "extract")
     assert line.startswith("│ extract │ cancelled │"), line
     assert "│ CANCELLED │ - │ - │ its job was cancelled before it started │" in line, line
