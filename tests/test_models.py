@@ -41,41 +41,42 @@ SMALL_CNN_META = {
 }
 
 
-def _modules_after_import(*modules: str) -> set[str]:
-    """The names in ``sys.modules`` of a fresh interpreter after importing ``modules``."""
-    code = (
-        "import sys\n"
-        + "".join(f"import {m}\n" for m in modules)
-        + "print('\\n'.join(sorted(sys.modules)))"
+def _modules_after_imports(*groups: tuple[str, ...]) -> list[set[str]]:
+    """The names in ``sys.modules`` of one fresh interpreter after importing each group of
+    modules in turn (one set per group, each holding what the groups before it loaded too):
+    one interpreter for several checks, as each costs a Python start and the package's
+    imports."""
+    code = "import sys\n" + "".join(
+        "".join(f"import {m}\n" for m in group) + "print(' '.join(sorted(sys.modules)))\n"
+        for group in groups
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )
-    return set(out.stdout.split())
+    return [set(line.split()) for line in out.stdout.splitlines()]
 
 
-def test_torch_free_modules_do_not_import_torch() -> None:
-    loaded = _modules_after_import(
-        "pomlia_hpc.vocab",
-        "pomlia_hpc.models",
-        "pomlia_hpc.models.archs",
-        "pomlia_hpc.models.card",
-        "pomlia_hpc.models.catalog",
-        "pomlia_hpc.automl.space",
-    )
-    assert "torch" not in loaded
-
-
-def test_automl_imports_nothing_from_serve() -> None:
-    loaded = _modules_after_import(
-        *(
+def test_torch_free_modules_and_automl_import_neither_torch_nor_serve() -> None:
+    """In a fresh interpreter: the torch-free modules load no torch, and then the automl
+    modules load nothing of the server (what the torch-free ones loaded before included)."""
+    torch_free, with_automl = _modules_after_imports(
+        (
+            "pomlia_hpc.vocab",
+            "pomlia_hpc.models",
+            "pomlia_hpc.models.archs",
+            "pomlia_hpc.models.card",
+            "pomlia_hpc.models.catalog",
+            "pomlia_hpc.automl.space",
+        ),
+        tuple(
             f"pomlia_hpc.automl.{p.stem}"
             for p in sorted((REPO / "pomlia_hpc" / "automl").glob("*.py"))
             if p.stem != "__init__"
-        )
+        ),
     )
-    assert "pomlia_hpc.automl.engine" in loaded
-    assert not {m for m in loaded if m.startswith("pomlia_hpc.serve")}
+    assert "torch" not in torch_free
+    assert "pomlia_hpc.automl.engine" in with_automl
+    assert not {m for m in with_automl if m.startswith("pomlia_hpc.serve")}
 
 
 def test_unknown_architecture_is_one_clear_error() -> None:
