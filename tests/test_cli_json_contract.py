@@ -1,7 +1,9 @@
 """The machine-readable contract of ``--json`` as scripts see it, the real ``pomlia`` in its
 own process: stdout is one strict JSON document and nothing else, the same bytes whatever the
 terminal settings (``FORCE_COLOR``, ``NO_COLOR``, ``TERM=dumb``, ``COLUMNS``); an error leaves
-stdout empty."""
+stdout empty. What a document holds, and a refusal's empty stdout after a first document in a
+process of its own, are checked in this process (``pomlia_here``: the console script's entry
+point, stdout apart from stderr as in a process): a process start costs seconds of CPU."""
 
 from __future__ import annotations
 
@@ -11,12 +13,16 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from pomlia_hpc.cli.jsonout import dumps
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.cli import pomlia_main
 from tests.fixtures.factories import make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,6 +50,22 @@ def pomlia(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[st
     )
 
 
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def pomlia_here(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
+    """``pomlia --home HOME ARGS`` in this process, through the console script's entry point:
+    its exit status, stdout and stderr, as ``pomlia`` gives them."""
+    monkeypatch.delenv("POMLIA_DB_URL", raising=False)
+
+    def run(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        code, out, err = pomlia_main(monkeypatch, capsys, "--home", str(home), *args)
+        return subprocess.CompletedProcess(["pomlia", *args], code, out, err)
+
+    return run
+
+
 def test_data_show_json_is_plain_json_whatever_the_terminal(
     workspace: Workspace, reg: Registry
 ) -> None:
@@ -62,7 +84,7 @@ def test_data_show_json_is_plain_json_whatever_the_terminal(
 
 
 def test_data_show_json_with_a_grid_keeps_stdout_one_document(
-    workspace: Workspace, reg: Registry, tmp_path: Path
+    workspace: Workspace, reg: Registry, tmp_path: Path, pomlia_here: Run
 ) -> None:
     """`data show --json --grid g.png` printed `sample grid: ...` on stdout after the JSON,
     and a bad --classes failed (exit 2) after the JSON was printed."""
@@ -72,7 +94,7 @@ def test_data_show_json_with_a_grid_keeps_stdout_one_document(
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["ref"].startswith("blood@")
     assert "sample grid:" in proc.stderr and png.is_file()
-    bad = pomlia(
+    bad = pomlia_here(
         workspace.home, "data", "show", "blood", "--json", "--grid", str(tmp_path / "h.png"),
         "--classes", "nosuch",
     )  # fmt: skip
@@ -107,19 +129,23 @@ def test_the_json_printer_writes_strict_json() -> None:
     }
 
 
-def test_jobs_show_json_is_one_object(workspace: Workspace, reg: Registry) -> None:
+def test_jobs_show_json_is_one_object(
+    workspace: Workspace, reg: Registry, pomlia_here: Run
+) -> None:
     """`jobs show ID --json` printed a list of one object, where every other `show` prints
     the object (`data show`, `monitor show`)."""
     from pomlia_hpc.cluster.records import record_submission
 
     (job,) = record_submission(reg, backend="local", scheduler_ids=["77"], name="j", folder="/x")
-    proc = pomlia(workspace.home, "jobs", "show", str(job), "--json")
+    proc = pomlia_here(workspace.home, "jobs", "show", str(job), "--json")
     assert proc.returncode == 0, proc.stderr
     shown = json.loads(proc.stdout)
     assert isinstance(shown, dict) and shown["id"] == job and shown["logs"] == []
 
 
-def test_deploy_history_json_is_one_object_of_values(workspace: Workspace, reg: Registry) -> None:
+def test_deploy_history_json_is_one_object_of_values(
+    workspace: Workspace, reg: Registry, pomlia_here: Run
+) -> None:
     """`deploy history` had no --json: a script read the slot's promotions and gates from a
     table (accuracies rounded, `0.810 → 0.993 (n=142)` in one cell)."""
     from datetime import UTC, datetime
@@ -146,7 +172,7 @@ def test_deploy_history_json_is_one_object_of_values(workspace: Workspace, reg: 
                 )
             )  # fmt: skip
         s.commit()
-    proc = pomlia(workspace.home, "deploy", "history", "ward", "--json")
+    proc = pomlia_here(workspace.home, "deploy", "history", "ward", "--json")
     assert proc.returncode == 0, proc.stderr
     shown = json.loads(proc.stdout)
     assert shown["slot"] == "ward" and [p["model"] for p in shown["promotions"]] == ["a", "b"]
@@ -156,7 +182,7 @@ def test_deploy_history_json_is_one_object_of_values(workspace: Workspace, reg: 
     assert (decided["challenger"], decided["champion"], decided["passed"]) == ("b", "a", True)
     assert decided["production"] == production and decided["p_value"] == 1.08e-07
     assert decided["test"] == "McNemar" and decided["fixed_test"] is None
-    missing = pomlia(workspace.home, "deploy", "history", "nosuch", "--json")
+    missing = pomlia_here(workspace.home, "deploy", "history", "nosuch", "--json")
     assert missing.returncode == 4 and missing.stdout == "", missing.stderr
     # The guide's row names every key, and a bootstrap gate's figures (it named only the
     # accuracies and left out `metric` and `trained_on`).
