@@ -1,10 +1,16 @@
 """`pomlia jobs list` / `jobs show` / `status` when `sacct` does not answer: a line on stderr
 while they wait, a wait as long as the workspace's `cluster.list_sacct_timeout_s`, then one
-message in words and the states as last recorded, marked as possibly out of date."""
+message in words and the states as last recorded, marked as possibly out of date.
+
+The commands run in this process, through the console script's entry point (``pomlia``), with
+fake ``sacct``/``squeue`` that hang first on PATH: what is checked is how long the command
+waits for them and what it says, not the process around it (a start costs seconds of CPU)."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -16,12 +22,34 @@ from typer.testing import CliRunner
 
 import pomlia_hpc.cli.jobs as jobs_cli
 from pomlia_hpc.cli import app
+from pomlia_hpc.cli.app import console
 from pomlia_hpc.cli.polling import unsure_states
 from pomlia_hpc.cluster import refusal
 from pomlia_hpc.cluster.records import REQUEUE_WINDOW_S, utcnow
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
-from tests.fixtures.slow_sacct import pomlia_on_path, waited_for_sacct
+from tests.fixtures.cli import pomlia_main
+from tests.fixtures.slow_sacct import waited_for_sacct
+
+Pomlia = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def pomlia(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Pomlia:
+    """``pomlia(bin_dir, *args)``: ``pomlia ARGS`` on the workspace, in this process through
+    the console script's entry point, with ``bin_dir`` first on PATH (fake ``sacct``/``squeue``
+    that hang for 60 s: the command must return before), 200 columns wide; its exit status,
+    stdout and stderr as a process of its own gives them."""
+
+    def run(bin_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+        monkeypatch.setattr(console, "width", 200)
+        code, out, err = pomlia_main(monkeypatch, capsys, *args)
+        return subprocess.CompletedProcess(["pomlia", *args], code, out, err)
+
+    return run
 
 
 def _slow_slurm(tmp_path: Path) -> Path:
@@ -51,14 +79,14 @@ def _running_job(reg: Registry, polled: str) -> int:
 
 @pytest.mark.parametrize("command", [["jobs", "list"], ["status"], ["jobs", "show", "1"]])
 def test_a_slow_sacct_is_waited_for_briefly_and_said_in_words(
-    workspace: Workspace, reg: Registry, tmp_path: Path, command: list[str]
+    workspace: Workspace, reg: Registry, tmp_path: Path, command: list[str], pomlia: Pomlia
 ) -> None:
     """It waited 60 s in silence, then printed `Could not poll Slurm: sacct could not be run:
     Command '[...]' timed out after 60.0 seconds` above a table that showed the recorded
     RUNNING as if it were current."""
     (workspace.home / "pomlia.yaml").write_text("cluster:\n  list_sacct_timeout_s: 3\n")
     job = _running_job(reg, "2026-01-02T03:04:05+00:00")
-    res = pomlia_on_path(workspace.home, _slow_slurm(tmp_path), *command)
+    res = pomlia(_slow_slurm(tmp_path), *command)
     out = waited_for_sacct(res, 3)
     assert (
         "did not answer within 3 s; the states shown are the last recorded ones, "
@@ -71,7 +99,7 @@ def test_a_slow_sacct_is_waited_for_briefly_and_said_in_words(
 
 
 def test_only_the_jobs_slurm_did_not_confirm_are_marked(
-    workspace: Workspace, reg: Registry, tmp_path: Path
+    workspace: Workspace, reg: Registry, tmp_path: Path, pomlia: Pomlia
 ) -> None:
     """sacct answered for one job and did not list the other, and squeue, asked whether that
     one is still queued, did not answer: both were marked `?`, also the one sacct had just
@@ -83,7 +111,7 @@ def test_only_the_jobs_slurm_did_not_confirm_are_marked(
     bin_dir = _slow_slurm(tmp_path)  # squeue hangs
     answer = "4242|RUNNING|2026-01-02T03:00:00|Unknown|0:0"
     (bin_dir / "sacct").write_text(f"#!/bin/sh\necho '{answer}'\n")
-    res = pomlia_on_path(workspace.home, bin_dir, "jobs", "list")
+    res = pomlia(bin_dir, "jobs", "list")
     assert res.returncode == 0, res.stdout + res.stderr
     out = " ".join(res.stdout.split())
     assert "(marked ?)" in out and "PENDING?" in out, out
@@ -91,7 +119,7 @@ def test_only_the_jobs_slurm_did_not_confirm_are_marked(
 
 
 def test_a_listing_whose_shown_states_do_not_depend_on_the_failed_poll_says_so(
-    workspace: Workspace, reg: Registry, tmp_path: Path
+    workspace: Workspace, reg: Registry, tmp_path: Path, pomlia: Pomlia
 ) -> None:
     """The running job sacct did not answer for is not among those shown (`--limit 1`): the
     listing said its states were "the last recorded ones" though none depends on the poll."""
@@ -99,26 +127,28 @@ def test_a_listing_whose_shown_states_do_not_depend_on_the_failed_poll_says_so(
     _running_job(reg, "2026-01-02T03:04:05+00:00")
     with reg.session() as s:
         s.add(Job(name="done", backend="slurm", scheduler_id="4343", state="COMPLETED"))
-    res = pomlia_on_path(workspace.home, _slow_slurm(tmp_path), "jobs", "list", "--limit", "1")
+    res = pomlia(_slow_slurm(tmp_path), "jobs", "list", "--limit", "1")
     out = waited_for_sacct(res, 3)
     assert "did not answer within 3 s; no state shown depends on what it did not answer" in out
     assert "COMPLETED" in out and "COMPLETED?" not in out and "(marked ?)" not in out
 
 
 def test_json_keeps_stdout_one_document_and_the_states_as_recorded(
-    workspace: Workspace, reg: Registry, tmp_path: Path
+    workspace: Workspace, reg: Registry, tmp_path: Path, pomlia: Pomlia
 ) -> None:
     (workspace.home / "pomlia.yaml").write_text("cluster:\n  list_sacct_timeout_s: 1\n")
     _running_job(reg, "2026-01-02T03:04:05+00:00")
-    res = pomlia_on_path(workspace.home, _slow_slurm(tmp_path), "jobs", "list", "--json")
+    res = pomlia(_slow_slurm(tmp_path), "jobs", "list", "--json")
     assert res.returncode == 0, res.stderr
     assert [r["state"] for r in json.loads(res.stdout)] == ["RUNNING"]
     assert "did not answer within 1 s" in " ".join(res.stderr.split())
 
 
-def test_a_bad_timeout_setting_is_one_error(workspace: Workspace, tmp_path: Path) -> None:
+def test_a_bad_timeout_setting_is_one_error(
+    workspace: Workspace, tmp_path: Path, pomlia: Pomlia
+) -> None:
     (workspace.home / "pomlia.yaml").write_text("cluster:\n  list_sacct_timeout_s: 0\n")
-    res = pomlia_on_path(workspace.home, _slow_slurm(tmp_path), "jobs", "list")
+    res = pomlia(_slow_slurm(tmp_path), "jobs", "list")
     assert res.returncode != 0 and "Traceback" not in res.stderr
     assert "list_sacct_timeout_s" in res.stderr
 
