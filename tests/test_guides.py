@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pomlia_hpc.errors import PomliaError
+from pomlia_hpc.workspace import Workspace
 
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "guide"
 
@@ -38,17 +39,15 @@ def test_every_guide_page_has_commands() -> None:
 
 @pytest.mark.parametrize(("page", "cmd"), guide_commands())
 def test_guide_command_runs(
-    page: str, cmd: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    page: str, cmd: str, workspace: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from pomlia_hpc.cli import app
 
-    monkeypatch.setenv("POMLIA_HOME", str(tmp_path / "ws"))
-    monkeypatch.delenv("POMLIA_DB_URL", raising=False)
-    monkeypatch.delenv("POMLIA_CLUSTER", raising=False)
     monkeypatch.chdir(GUIDE.parents[1])  # paths in the guide are relative to the repository
     # A fresh workspace is an initialised one (the README's first step is `pomlia init`): without
-    # a registry, every command stopped at "no registry ..., run pomlia init" and none ran.
-    assert CliRunner().invoke(app, ["init"]).exit_code == 0
+    # a registry, every command stopped at "no registry ..., run pomlia init" and none ran. The
+    # `workspace` fixture is one, as `pomlia init` makes it (POMLIA_HOME), with a copy of a new
+    # registry: `init` itself migrated a new one for each of the ~40 commands.
     res = CliRunner().invoke(app, shlex.split(cmd)[1:])
     if res.exit_code == 0:
         return
