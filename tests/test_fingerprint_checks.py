@@ -150,7 +150,11 @@ def test_a_bad_factory_string_names_no_cpp_source() -> None:
 
 
 def _small(epochs: int) -> TrainConfig:
-    return tiny_encoder_config(epochs)
+    """:func:`tiny_encoder_config` with one step of 8 images an epoch (each step of 16 images
+    cost about a second of CPU more): what happens around the trainings is under test."""
+    return tiny_encoder_config(epochs).model_copy(
+        update={"batch_size": 8, "max_images_per_dataset": 8}
+    )
 
 
 def test_replace_retrains_under_the_same_name(workspace: Workspace, reg: Registry) -> None:
