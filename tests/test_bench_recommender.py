@@ -74,13 +74,15 @@ def test_every_variant_is_checked_for_leakage(bench: ModuleType) -> None:
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_variant_picks_ignore_the_held_out_values(bench: ModuleType, variant: str) -> None:
     """Changing data set 0's values (both metrics) changes nothing the harness does while
-    data set 0 is held out: its parameter choice and its picks come from the others only."""
+    data set 0 is held out: its parameter choice and its picks come from the others only.
+    Two different changes of its values (seeds 2 and 3) are enough for a pick that read them to
+    differ; each costs a whole nested leave-one-out run of the variant."""
     m, other = _matrix(0), _matrix(1).values
     rule, grid, select = bench.variants(m, False, other, np.full(6, 100.0))[variant]
     first = _calls(bench, m, rule, grid, select)
     n = len(grid) * 5 + 1  # data set 0 held out comes first: 5 inner folds per grid point, then
     assert first[n - 1][1] == (1, 2, 3, 4, 5)  # the pick for data set 0 from the other 5
-    for seed in range(2, 6):
+    for seed in (2, 3):
         m2, other2 = _matrix(0), other.copy()
         m2.values[0] = _matrix(seed).values[0] ** seed  # other values, other spread
         other2[0] = 1 - other2[0]
