@@ -39,17 +39,18 @@ def test_local_submit_records_job(tmp_path: Path, reg: Registry) -> None:
 
 
 def test_local_array_caps_parallelism(tmp_path: Path, reg: Registry) -> None:
+    # 4 tasks for 2 slots: without the cap 3 or 4 would run at once (each a job process)
     log = tmp_path / "log"
     log.mkdir()
     ex = Executor.from_profile("local", tmp_path / "jobs", reg, max_parallel=2)
-    handles = ex.map_array(lambda x: jobfns.square_logged(x, str(log), 0.3), list(range(6)))
-    assert [h.result() for h in handles] == [x * x for x in range(6)]
+    handles = ex.map_array(lambda x: jobfns.square_logged(x, str(log), 0.3), list(range(4)))
+    assert [h.result() for h in handles] == [x * x for x in range(4)]
     spans = [tuple(map(float, p.read_text().split()[:2])) for p in log.iterdir()]
     # At any job's start, how many others were running? Never more than max_parallel - 1.
     overlap = max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans)
     assert overlap <= 2
     with reg.session() as s:
-        assert len(list(s.scalars(select(Job)))) == 6
+        assert len(list(s.scalars(select(Job)))) == 4
 
 
 def test_failing_job_traceback_reaches_caller_and_registry(tmp_path: Path, reg: Registry) -> None:
