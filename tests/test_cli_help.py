@@ -3,6 +3,7 @@ examples at the foot of the main commands' help that parse with the commands' re
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -204,7 +205,10 @@ def test_defaults_are_shown_in_one_form() -> None:
 #: A typer whose internals moved: the renderers cli/app.py replaces are not where it looks
 #: (removed while pomlia_hpc.cli is imported), then typer's own are back under its own names
 #: (put back, as a newer typer would call its own), and no patch of ours may be in the way.
+#: Then ``pomlia`` with each command line given as a JSON argument, one after the other, each
+#: output after a line ``@@ N`` on stdout and on stderr, and ``@@ N exit CODE`` on stdout.
 WITHOUT_TYPER_INTERNALS = """
+import json
 import sys
 import typer.core
 import typer.rich_utils
@@ -226,27 +230,43 @@ for cls, name, was in own:
 assert typer.core.TyperArgument.display_name_raw is None
 del typer.core.TyperArgument.display_name_raw
 assert typer.core.TyperArgument.display_name_raw is name_raw
-sys.argv = ["pomlia", *sys.argv[1:]]
-main()
+for n, args in enumerate(sys.argv[1:]):
+    print(f"@@ {n}", flush=True)
+    print(f"@@ {n}", file=sys.stderr, flush=True)
+    sys.argv = ["pomlia", *json.loads(args)]
+    try:
+        main()
+    except SystemExit as exc:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        print(f"@@ {n} exit {exc.code}", flush=True)
 """
 
 
-@pytest.mark.parametrize("args", [["--help"], ["automl", "run", "--help"], ["data", "list", "x"]])
-def test_the_cli_starts_with_a_typer_whose_internals_moved(args: list[str]) -> None:
+def test_the_cli_starts_with_a_typer_whose_internals_moved() -> None:
     """Patching a renderer this typer lacks broke every command at import (AttributeError):
-    typer's own rendering is kept instead."""
+    typer's own rendering is kept instead. The three commands run in one process (a start
+    costs seconds of CPU): the import is what the patching breaks."""
+    commands = [["--help"], ["automl", "run", "--help"], ["data", "list", "x"]]
     proc = subprocess.run(
-        [sys.executable, "-c", WITHOUT_TYPER_INTERNALS, *args],
+        [sys.executable, "-c", WITHOUT_TYPER_INTERNALS, *map(json.dumps, commands)],
         capture_output=True,
         text=True,
         timeout=120,
         env={**os.environ, "COLUMNS": "120", "POMLIA_HOME": "/nonexistent-pomlia-home"},
     )
+    assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr and "AttributeError" not in proc.stderr, proc.stderr
-    if args[-1] == "--help":
-        assert proc.returncode == 0 and "Usage:" in proc.stdout, proc.stdout
-    else:  # a command runs as far as its own refusal
-        assert proc.returncode != 0 and proc.stderr.startswith("error: "), proc.stderr
+    outs = re.split(r"^@@ \d+\n", proc.stdout, flags=re.M)[1:]
+    errs = re.split(r"^@@ \d+\n", proc.stderr, flags=re.M)[1:]
+    assert len(outs) == len(errs) == len(commands), (proc.stdout, proc.stderr)
+    for n, (args, out, err) in enumerate(zip(commands, outs, errs, strict=True)):
+        (code,) = re.findall(rf"^@@ {n} exit (\S+)$", out, flags=re.M)
+        succeeded = code in ("0", "None")  # sys.exit(None) is a status of 0
+        if args[-1] == "--help":
+            assert succeeded and "Usage:" in out, out
+        else:  # a command runs as far as its own refusal
+            assert not succeeded and err.startswith("error: "), err
 
 
 def _leaves(cmd: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
