@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from pomlia_hpc.automl.records import config_summary
 
 
@@ -28,49 +26,55 @@ def test_a_configuration_in_one_line() -> None:
     assert config_summary(scratch) == "small_cnn lr=1.0e-02 sgd bs=64"
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
-        ["runs", "list"],
-        ["runs", "list", "--study", "s"],
-        ["task", "list"],
-        ["deploy", "history", "demo"],
-        ["loop", "show", "demo"],
-    ],
-    ids=" ".join,
-)
-def test_registry_queries_load_no_torch(args: list[str], tmp_path: Path) -> None:
+#: Registry queries: listing runs, tasks, or a slot's history.
+QUERIES = [
+    ["runs", "list"],
+    ["runs", "list", "--study", "s"],
+    ["task", "list"],
+    ["deploy", "history", "demo"],
+    ["loop", "show", "demo"],
+]
+
+
+def test_registry_queries_load_no_torch(tmp_path: Path) -> None:
     # Listing runs, tasks or a slot's history is a registry query: importing the trainer or
-    # the exporter (torch, sklearn: 3-4 s before the first line) is not needed.
+    # the exporter (torch, sklearn: 3-4 s before the first line) is not needed. All queries
+    # run in one fresh interpreter, one after the other (a start costs seconds): a module once
+    # imported stays in sys.modules, so whether torch is there after each query names the first
+    # one that imported it.
     code = (
         "import sys\n"
         "from typer.testing import CliRunner\n"
         "from pomlia_hpc.cli import app\n"
         f"home = {str(tmp_path)!r}\n"
         "CliRunner().invoke(app, ['--home', home, 'init'])\n"
-        f"res = CliRunner().invoke(app, ['--home', home, *{args!r}])\n"
         # an empty workspace has no slot and no study: the query runs and says so
         "missing = (\"slot 'demo' not found\", \"study 's' not found\")\n"
-        "assert res.exit_code == 0 or str(res.exception).startswith(missing), res.output\n"
-        "print('torch' in sys.modules)\n"
+        f"for args in {QUERIES!r}:\n"
+        "    res = CliRunner().invoke(app, ['--home', home, *args])\n"
+        "    assert res.exit_code == 0 or str(res.exception).startswith(missing), res.output\n"
+        "    print(' '.join(args), 'torch' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip().splitlines()[-1] == "False", out.stdout + out.stderr
+    loaded = out.stdout.strip().splitlines()[-len(QUERIES) :]
+    assert loaded == [" ".join(args) + " False" for args in QUERIES], out.stdout + out.stderr
 
 
-@pytest.mark.parametrize("args", [["--help"], ["runs", "list"]], ids=" ".join)
-def test_help_and_registry_queries_load_no_submitit(args: list[str], tmp_path: Path) -> None:
+def test_help_and_registry_queries_load_no_submitit(tmp_path: Path) -> None:
     """The CLI imported the cluster's terminate module (and submitit with it, ~70 ms) for
-    every command, only for its Ctrl-C message."""
+    every command, only for its Ctrl-C message. Both commands run in one fresh interpreter,
+    submitit looked for after each (once imported, it stays)."""
     code = (
         "import sys\n"
         "from typer.testing import CliRunner\n"
         "from pomlia_hpc.cli import app\n"
-        f"res = CliRunner().invoke(app, ['--home', {str(tmp_path)!r}, *{args!r}])\n"
-        "print('submitit' in sys.modules)\n"
+        "for args in (['--help'], ['runs', 'list']):\n"
+        f"    res = CliRunner().invoke(app, ['--home', {str(tmp_path)!r}, *args])\n"
+        "    print(' '.join(args), 'submitit' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip().splitlines()[-1] == "False", out.stdout + out.stderr
+    loaded = out.stdout.strip().splitlines()[-2:]
+    assert loaded == ["--help False", "runs list False"], out.stdout + out.stderr
 
 
 def _similar_in_fresh_process(home: Path, *args: str) -> tuple[int, str, bool]:
