@@ -108,7 +108,11 @@ launch() {
     local name=$1; shift
     local out="$LOGS/$name.out"
     printf '\n===== %s start %s =====\n' "$name" "$(date -Is)" >>"$out"
-    setsid "$@" >>"$out" 2>&1 </dev/null &
+    # From /, as a daemon runs: a daemon keeps the folder it was started in as its working
+    # directory, and slurmd's job steps inherit slurmd's. Started from a checkout that was
+    # later deleted (a CI clone), every job's output began with "slurmstepd: error: Unable to
+    # get current working directory". The subshell execs, so $! is still the daemon's pid.
+    (cd / && exec setsid "$@" >>"$out" 2>&1 </dev/null) &
     local pid=$! i
     echo "$pid" >"$PIDS/$name.pid"
     # setsid/setpriv exec the daemon in place, so $! becomes the daemon once exec is done.
