@@ -25,8 +25,9 @@
 #   POMLIA_SLURM_KEEP_STATE  1: do not wipe state/accounting on a fresh start [0]
 set -euo pipefail
 
-STATE="${POMLIA_SLURM_STATE:-/var/lib/pomlia-slurm}"
-CONF_DIR="${POMLIA_SLURM_CONF_DIR:-/etc/slurm}"
+# Absolute: the daemons start from / (launch), where a relative path would name another folder.
+STATE=$(realpath -m -- "${POMLIA_SLURM_STATE:-/var/lib/pomlia-slurm}")
+CONF_DIR=$(realpath -m -- "${POMLIA_SLURM_CONF_DIR:-/etc/slurm}")
 CLUSTER="${POMLIA_SLURM_CLUSTER:-pomlia}"
 CPUS="${POMLIA_SLURM_CPUS:-8}"
 MEMORY="${POMLIA_SLURM_MEMORY:-16000}"
