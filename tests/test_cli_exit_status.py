@@ -3,10 +3,11 @@
 `data verify`'s damage), never a crash; a thing not found is 4, apart from bad input (2); a
 database server out of reach is 69, a bug 70.
 
-Every test runs ``pomlia`` at least once in a process of its own (``pomlia``), whose exit
-status a script reads; the further cases of a test (a second command, the other parameters)
-run through the console script's entry point in this process (``pomlia_here``), where the
-status is decided (``main``'s ``SystemExit``): a process start costs seconds of CPU."""
+Every test function runs ``pomlia`` at least once in a process of its own (``pomlia``),
+whose exit status a script reads; the further cases of a test (a second command, the other
+parameters, some cases of a parametrized test) run through the console script's entry point
+in this process (``pomlia_here``), where the status is decided (``main``'s ``SystemExit``): a
+process start costs seconds of CPU."""
 
 from __future__ import annotations
 

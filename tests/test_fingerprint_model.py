@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from pomlia_hpc.cluster import Executor
+from pomlia_hpc.cluster import Executor, JobFailedError
 from pomlia_hpc.curves import CURVES_DIR, read_curves
 from pomlia_hpc.data.store import open_version
 from pomlia_hpc.errors import DataIntegrityError, InputError, NotFoundError
+from pomlia_hpc.fingerprint import trainjob
 from pomlia_hpc.fingerprint.autoencoder import (
     Autoencoder,
     EncoderConfig,
@@ -259,6 +260,22 @@ def test_a_start_that_failed_before_an_epoch_does_not_pin_its_datasets(
     enc = train_encoder(reg, workspace, "e1", [good], _small(num_workers=0), executor=ex)
     assert len(enc.loss_curve) == 1 and len(enc.dataset_version_ids) == 1
     assert json.loads((out / "config.json").read_text())["datasets"] == [good]
+
+
+def test_a_training_that_diverges_registers_nothing(
+    workspace: Workspace, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check runs in the epoch loop: a held-out loss that came out NaN (a diverged
+    training, forced here) fails the job before its checkpoint, and no encoder is registered."""
+    a = make_dataset(workspace, reg, "blood", sizes=(16, 2, 2), chunk_rows=16)
+    ex = Executor.from_profile("debug", workspace.jobs, reg)  # in this process: the patch holds
+    monkeypatch.setattr(trainjob, "validation_loss", lambda *_a, **_k: math.nan)
+    # The job fails with the refusal's message (a job's error reaches the command as its
+    # failure, as every error raised inside a training job does).
+    with pytest.raises(JobFailedError, match=r"diverged in epoch 1: held-out loss nan at learn"):
+        train_encoder(reg, workspace, "ae", [a], _small(num_workers=0, holdout=0.1), executor=ex)
+    with pytest.raises(NotFoundError, match="encoder 'ae' not found"):
+        load_encoder(reg, "ae")
 
 
 def test_two_data_parallel_ranks_bf16_zero1(workspace: Workspace, reg: Registry) -> None:

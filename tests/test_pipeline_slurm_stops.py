@@ -17,6 +17,7 @@ import pytest
 import yaml
 from sqlalchemy import select
 
+from pomlia_hpc.cli.app import console
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.cli import pomlia_main
@@ -32,7 +33,9 @@ Pomlia = Callable[..., tuple[object, str, str]]
 def pomlia(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Pomlia:
     """`pomlia --cluster slurm-local ARGS` in this process (the workspace fixture's
     POMLIA_HOME), 250 columns wide."""
-    monkeypatch.setenv("COLUMNS", "250")
+    # The console took its width when the CLI was imported (COLUMNS then, or 200): set on
+    # it, as a process started with COLUMNS=250 would have it.
+    monkeypatch.setattr(console, "width", 250)
 
     def run(*args: str) -> tuple[object, str, str]:
         return pomlia_main(monkeypatch, capsys, "--cluster", "slurm-local", *args)
