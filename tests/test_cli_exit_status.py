@@ -27,7 +27,7 @@ from sqlalchemy.engine import make_url
 
 from pomlia_hpc.errors import INTERNAL_EXIT, NOT_FOUND_EXIT, UNAVAILABLE_EXIT
 from pomlia_hpc.workspace import Workspace
-from tests.fixtures.cli import pomlia_main
+from tests.fixtures.cli import pomlia_completed
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,8 +60,7 @@ def pomlia_here(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[s
     monkeypatch.delenv("COLUMNS", raising=False)
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        code, out, err = pomlia_main(monkeypatch, capsys, *args)
-        return subprocess.CompletedProcess(["pomlia", *args], code, out, err)
+        return pomlia_completed(monkeypatch, capsys, *args)
 
     return run
 

@@ -22,7 +22,7 @@ import pytest
 from pomlia_hpc.cli.jsonout import dumps
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
-from tests.fixtures.cli import pomlia_main
+from tests.fixtures.cli import pomlia_completed
 from tests.fixtures.factories import make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,8 +60,7 @@ def pomlia_here(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[s
     monkeypatch.delenv("POMLIA_DB_URL", raising=False)
 
     def run(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-        code, out, err = pomlia_main(monkeypatch, capsys, "--home", str(home), *args)
-        return subprocess.CompletedProcess(["pomlia", *args], code, out, err)
+        return pomlia_completed(monkeypatch, capsys, "--home", str(home), *args)
 
     return run
 

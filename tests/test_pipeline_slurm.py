@@ -20,7 +20,6 @@ import pytest
 import yaml
 from sqlalchemy import select
 
-from pomlia_hpc.cli.app import console
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.cli import pomlia_main
@@ -62,15 +61,13 @@ def pomlia(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.timeout(1800)
+@pytest.mark.usefixtures("wide_console")  # 250 columns, as the CLI processes are given
 def test_chain_on_slurm_fails_resumes_and_skips(
     workspace: Workspace,
     reg: Registry,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    # The console took its width when the CLI was imported (COLUMNS then, or 200): set on
-    # it, as a process started with COLUMNS=250 would have it.
-    monkeypatch.setattr(console, "width", 250)
 
     def in_process(*args: str) -> tuple[Any, str]:
         """``pomlia --cluster slurm-local ARGS`` in this process: (exit code, stdout)."""

@@ -17,7 +17,6 @@ import pytest
 import yaml
 from sqlalchemy import select
 
-from pomlia_hpc.cli.app import console
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.cli import pomlia_main
@@ -30,12 +29,11 @@ Pomlia = Callable[..., tuple[object, str, str]]
 
 
 @pytest.fixture
-def pomlia(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Pomlia:
+def pomlia(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], wide_console: None
+) -> Pomlia:
     """`pomlia --cluster slurm-local ARGS` in this process (the workspace fixture's
     POMLIA_HOME), 250 columns wide."""
-    # The console took its width when the CLI was imported (COLUMNS then, or 200): set on
-    # it, as a process started with COLUMNS=250 would have it.
-    monkeypatch.setattr(console, "width", 250)
 
     def run(*args: str) -> tuple[object, str, str]:
         return pomlia_main(monkeypatch, capsys, "--cluster", "slurm-local", *args)
